@@ -1,0 +1,1 @@
+"""Measurements on generated samples and network activations: distances, CKA, spectra."""

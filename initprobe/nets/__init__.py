@@ -1,0 +1,1 @@
+"""Networks: the EDM-style UNet, its preconditioning, layer ids and checkpoints."""

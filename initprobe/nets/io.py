@@ -1,0 +1,117 @@
+"""Self-describing checkpoints: safetensors weights plus a json file with the config that built them.
+
+A checkpoint `STEM` is two files:
+- `STEM.safetensors`: tensors `net.<param>` (the trained weights) and optionally `ema.<param>`
+  (the exponential moving average), parameter names as in EDM's `EDMPrecond` (`model.enc...`);
+- `STEM.json`: `{"format": FORMAT, "unet": UNetConfig fields, "precond": ..., ...metadata}`.
+Training runs add `STEM.state.pt` (optimizer and loop state, loaded with `weights_only=True`).
+Anything that takes a checkpoint accepts the `.safetensors` file, the `.json` file, the stem, or
+a run directory (its latest checkpoint).
+"""
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from ..runio import atomic_save, atomic_write_json
+from .precond import Denoiser
+from .unet import UNetConfig
+
+FORMAT = "initprobe-checkpoint-v1"
+
+
+def save_checkpoint(stem: str | Path, net: Denoiser, ema: Denoiser | None = None,
+                    **meta) -> Path:
+    """Write `stem.safetensors` then `stem.json` atomically; returns the safetensors path."""
+    stem = Path(stem)
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous()
+                        for k, v in ema.state_dict().items()})
+    st = stem.with_suffix(".safetensors")
+    atomic_save(st, lambda tmp: save_file(tensors, tmp))
+    atomic_write_json(stem.with_suffix(".json"),
+                      {"format": FORMAT, "unet": net.cfg.to_dict(), "precond": net.precond,
+                       **meta})
+    return st
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint stem in `run_dir/checkpoints`, or None."""
+    stems = sorted(p.with_suffix("") for p in (run_dir / "checkpoints").glob("*.json")
+                   if p.with_suffix(".safetensors").exists())
+    return stems[-1] if stems else None
+
+
+def resolve(path: str | Path) -> Path:
+    """Map any accepted spelling of a checkpoint to its stem; UserError if there is none."""
+    p = Path(path)
+    if p.is_dir():
+        stem = latest_checkpoint(p)
+        if stem is None:
+            raise UserError(f"{p}: no checkpoint in {p / 'checkpoints'}; train first or pass a "
+                            f".safetensors checkpoint file")
+        return stem
+    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    for suffix in (".safetensors", ".json"):
+        if not stem.with_suffix(suffix).exists():
+            raise UserError(f"{stem.with_suffix(suffix)}: not found; a checkpoint is a "
+                            f".safetensors file with a .json file beside it (or a run directory)")
+    return stem
+
+
+def read_meta(path: str | Path) -> dict:
+    stem = resolve(path)
+    try:
+        meta = json.loads(stem.with_suffix(".json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{stem.with_suffix('.json')}: not valid JSON ({e}); the checkpoint's "
+                        f"config file is damaged") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{stem.with_suffix('.json')}: not an initprobe checkpoint config "
+                        f"(format is {meta.get('format')!r}, expected {FORMAT!r})")
+    return meta
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    stem = resolve(path)
+    try:
+        return load_file(stem.with_suffix(".safetensors"))
+    except (SafetensorsError, OSError, ValueError) as e:
+        raise UserError(f"{stem.with_suffix('.safetensors')}: unreadable safetensors file ({e}); "
+                        f"re-create the checkpoint") from None
+
+
+def build(meta: dict) -> Denoiser:
+    """A freshly initialized network with the architecture recorded in `meta`."""
+    return Denoiser(UNetConfig(**meta["unet"]), precond=meta.get("precond", "edm"))
+
+
+def load_network(path: str | Path, which: str = "ema", precond: str | None = None) -> Denoiser:
+    """Load a network from a checkpoint; `which` is `ema` (default, falls back to `net` when the
+    checkpoint has no EMA) or `net`. `precond` overrides the recorded preconditioning."""
+    meta = read_meta(path)
+    if precond is not None:
+        meta = {**meta, "precond": precond}
+    tensors = read_tensors(path)
+    prefix = f"{which}." if any(k.startswith(f"{which}.") for k in tensors) else "net."
+    if which not in ("ema", "net"):
+        raise UserError(f"unknown weights {which!r}; choose 'ema' or 'net'")
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    net = build(meta)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{resolve(path)}: weights do not match the recorded architecture "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return net.eval()
+
+
+def ema_copy(net: Denoiser) -> Denoiser:
+    ema = copy.deepcopy(net).eval()
+    ema.requires_grad_(False)
+    return ema

@@ -1,0 +1,59 @@
+"""EDM preconditioning: the denoiser D(x; sigma) = c_skip x + c_out F(c_in x; c_noise).
+
+Two variants (sigma_data = 0.5):
+- `edm`: Karras et al. 2022. c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2),
+  c_in = 1 / sqrt(s^2 + sd^2), c_noise = ln(s) / 4.
+- `edm-eps`: the epsilon-shifted variant of GDD/D2O (eps = 0.002) with D(x; eps) = x:
+  c_skip = sd^2 / ((s - eps)^2 + sd^2), c_out = (s - eps) sd / sqrt(s^2 + sd^2); c_in and c_noise
+  as in `edm`.
+"""
+
+import torch
+from torch import nn
+
+from .unet import UNet, UNetConfig
+
+SIGMA_DATA = 0.5
+EPS_SHIFT = 0.002
+PRECONDS = ("edm", "edm-eps")
+
+
+def coefficients(sigma: torch.Tensor, kind: str = "edm", sigma_data: float = SIGMA_DATA,
+                 eps: float = EPS_SHIFT):
+    """Return (c_skip, c_out, c_in, c_noise) for a tensor of noise levels."""
+    s, sd = sigma, sigma_data
+    if kind == "edm":
+        shifted = s
+        c_skip = sd**2 / (s**2 + sd**2)
+    elif kind == "edm-eps":
+        shifted = s - eps
+        c_skip = sd**2 / (shifted**2 + sd**2)
+    else:
+        raise ValueError(f"unknown preconditioning {kind!r}; choose one of {PRECONDS}")
+    c_out = shifted * sd / (s**2 + sd**2).sqrt()
+    c_in = 1 / (sd**2 + s**2).sqrt()
+    c_noise = s.log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+class Denoiser(nn.Module):
+    """D(x; sigma) around a UNet `model` (attribute name as in EDM's EDMPrecond)."""
+
+    def __init__(self, cfg: UNetConfig, precond: str = "edm", sigma_data: float = SIGMA_DATA):
+        super().__init__()
+        if precond not in PRECONDS:
+            raise ValueError(f"unknown preconditioning {precond!r}; choose one of {PRECONDS}")
+        self.precond, self.sigma_data = precond, sigma_data
+        self.model = UNet(cfg)
+
+    @property
+    def cfg(self) -> UNetConfig:
+        return self.model.cfg
+
+    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        sigma = sigma.reshape(-1, 1, 1, 1).expand(x.shape[0], 1, 1, 1)
+        c_skip, c_out, c_in, c_noise = coefficients(sigma, self.precond, self.sigma_data)
+        f = self.model((c_in * x).to(x.dtype), c_noise.flatten())
+        return c_skip * x + c_out * f.to(x.dtype)
+

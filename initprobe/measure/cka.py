@@ -78,11 +78,11 @@ def _norm(n: int, unbiased: bool) -> int:
     return n * (n - 3) if unbiased else (n - 1) ** 2
 
 
-def hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> float:  # noqa: E741
+def hsic(k_x: torch.Tensor, k_y: torch.Tensor, unbiased: bool = False) -> float:
     """HSIC of two Gram matrices [n, n]: biased tr(KHLH)/(n-1)^2 or unbiased (Song et al.)."""
-    n = k.shape[0]
+    n = k_x.shape[0]
     _check_n(n, unbiased)
-    inner = (_centered(k.double(), unbiased) * _centered(l.double(), unbiased)).sum()
+    inner = (_centered(k_x.double(), unbiased) * _centered(k_y.double(), unbiased)).sum()
     return float(inner / _norm(n, unbiased))
 
 
@@ -107,7 +107,7 @@ class MinibatchCKA:
     when omitted) for one batch of the same examples. It adds, for every pair, the unbiased
     HSICs of that batch. `compute` returns the L x M matrix
 
-        CKA_ij = sum_b HSIC_u(K_i^b, L_j^b) / sqrt(sum_b HSIC_u(K_i^b, K_i^b) sum_b HSIC_u(L_j^b, L_j^b))
+        CKA_ij = S(K_i, L_j) / sqrt(S(K_i, K_i) S(L_j, L_j)),  S(A, B) = sum_b HSIC_u(A^b, B^b)
 
     i.e. the ratio of per-batch unbiased HSICs averaged over batches (not the average of
     per-batch CKAs). Because the estimator is unbiased, this converges to the full-data CKA as

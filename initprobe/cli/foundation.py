@@ -1,0 +1,1 @@
+"""Foundation commands: train-teacher, sample, layers."""

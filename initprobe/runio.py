@@ -70,3 +70,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays) -> None:
+    """Atomically write an uncompressed .npz (numpy would rename a temp file by name)."""
+    import numpy as np
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    atomic_save(path, write)

@@ -1,1 +1,125 @@
 """Foundation commands: train-teacher, sample, layers."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import typer
+
+from ..errors import UserError
+from . import app
+
+DATA_HELP = "dataset: digits (bundled, default), mnist, cifar10, folder"
+PATH_HELP = "path of the dataset file or folder (not needed for digits)"
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """'0-63' or '0,5,9' or '0-3,10' -> list of ints."""
+    seeds = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise UserError(f"bad --seeds {spec!r}; write a range like 0-63 or a list like "
+                        f"0,5,9") from None
+    if not seeds:
+        raise UserError("--seeds is empty; write a range like 0-63")
+    return seeds
+
+
+@app.command("train-teacher")
+def train_teacher_cmd(
+    out: Path = typer.Option(..., "--out", help="run directory (rerun the same to resume)"),
+    data: str = typer.Option("digits", help=DATA_HELP),
+    data_path: str = typer.Option(None, help=PATH_HELP),
+    size: int = typer.Option(None, help="image side (default: digits 8, mnist/cifar10 32)"),
+    preset: str = typer.Option("tiny", help="network size: tiny, small, cifar"),
+    images: int = typer.Option(400_000, help="training budget in images seen"),
+    batch: int = typer.Option(128, help="global batch size"),
+    lr: float = typer.Option(2e-3, help="Adam learning rate"),
+    ema_halflife: float = typer.Option(20_000, help="EMA half-life in images"),
+    seed: int = typer.Option(0, help="random seed (runs are deterministic on CPU)"),
+    ckpt_every: int = typer.Option(1000, help="checkpoint every N steps"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
+):
+    """Train an EDM teacher (EDM loss, log-normal sigma, Adam, EMA); resumable.
+
+    Example: initprobe train-teacher --data digits --preset tiny --out runs/teacher-digits
+
+    MNIST:   initprobe train-teacher --data mnist --data-path ../shared/data/mnist.npz
+             --preset small --images 1000000 --out runs/teacher-mnist
+    """
+    from ..train.teacher import TeacherConfig, train_teacher
+    cfg = TeacherConfig(data=data, data_path=data_path, size=size, preset=preset, images=images,
+                        batch=batch, lr=lr, ema_halflife=ema_halflife, seed=seed,
+                        ckpt_every=ckpt_every)
+    rec = train_teacher(cfg, str(out), device=device)
+    typer.echo(f"done: {out} (loss {rec.get('loss', float('nan')):.4f}); samples in "
+               f"{out / 'samples'}")
+
+
+@app.command("sample")
+def sample_cmd(
+    checkpoint: Path = typer.Argument(..., help="checkpoint file, stem or run directory"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+    sampler: str = typer.Option("heun", help="heun, euler, two-step, one-step"),
+    steps: int = typer.Option(18, help="steps of heun/euler (Karras grid, rho 7)"),
+    sigma_mid: float = typer.Option(2.0, help="intermediate sigma of the two-step map"),
+    seeds: str = typer.Option("0-63", help="latent seeds: 0-63 or 0,5,9"),
+    weights: str = typer.Option("ema", help="ema or net"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
+):
+    """Draw samples: a PNG grid and an .npz (images in [-1, 1], seeds).
+
+    Example: initprobe sample runs/teacher-digits --sampler heun --steps 18 --out runs/samples
+    """
+    from ..diffusion import SAMPLERS, generate, latents
+    from ..nets.io import load_network
+    from ..report.images import save_grid
+    from ..runio import atomic_save_npz
+    from ..train.loop import pick_device
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if steps < 1 or sigma_mid <= 0:
+        raise UserError("--steps must be >= 1 and --sigma-mid > 0")
+    dev = pick_device(device)
+    net = load_network(checkpoint, which=weights).to(dev)
+    seed_list = parse_seeds(seeds)
+    z = latents(seed_list, (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution),
+                dev)
+    x = generate(net, z, sampler, steps, sigma_mid).cpu()
+    name = f"{sampler}-{steps}" if sampler in ("heun", "euler") else sampler
+    png = save_grid(x, out / f"{name}.png")
+    npz = out / f"{name}.npz"
+    atomic_save_npz(npz, images=x.numpy(), seeds=np.array(seed_list))
+    typer.echo(f"wrote {png} and {npz} ({len(seed_list)} images)")
+
+
+@app.command("layers")
+def layers_cmd(
+    checkpoint: Path = typer.Argument(..., help="checkpoint file, stem or run directory"),
+    select: str = typer.Option(None, help="selector spec, e.g. decoder, res:16, '*.conv1', gdd"),
+    csv: Path = typer.Option(None, help="also write the table as CSV"),
+):
+    """Print the layer table (id, side, resolution, block, sublayer, parameters, shape).
+
+    Example: initprobe layers runs/teacher-digits --select 'decoder-attention'
+    """
+    from ..nets.io import load_network
+    from ..nets.layers import layer_table
+    from ..runio import atomic_write_text
+    net = load_network(checkpoint)
+    if select:
+        from ..ablate.select import selection_table
+        table = selection_table(net, select)
+    else:
+        table = layer_table(net)
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        typer.echo(table.to_string(index=False))
+    total = sum(p.numel() for p in net.parameters())
+    chosen = int(table["params"].sum())
+    typer.echo(f"\n{len(table)} layers, {chosen:,} of {total:,} parameters "
+               f"({chosen / total:.1%})")
+    if csv:
+        atomic_write_text(csv, table.to_csv(index=False))

@@ -126,6 +126,8 @@ class MinibatchCKA:
 
     def _stacked(self, acts: Sequence[torch.Tensor]) -> torch.Tensor:
         """U-centered Grams of all layers, flattened to [layers, n * n]."""
+        if not acts:
+            raise UserError("got no layer activations; pass at least one layer per batch")
         n = acts[0].shape[0]
         if any(a.shape[0] != n for a in acts):
             raise UserError("all layer activations of a batch must cover the same examples; "

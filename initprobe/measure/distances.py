@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from initprobe.errors import UserError
-from initprobe.runio import atomic_save
+from initprobe.runio import atomic_save_npz
 
 
 def _features(x, name: str = "features") -> np.ndarray:
@@ -77,12 +77,7 @@ class FeatureStats:
     def save(self, path: str | os.PathLike) -> None:
         """Write the statistics atomically to an `.npz` file at exactly `path`."""
         mean, m2 = self.mean, self._m2  # `mean` raises if nothing was accumulated
-
-        def write(tmp):
-            with open(tmp, "wb") as f:  # a file object stops numpy from appending ".npz"
-                np.savez(f, n=np.int64(self.n), mean=mean, m2=m2)
-
-        atomic_save(path, write)
+        atomic_save_npz(path, n=np.int64(self.n), mean=mean, m2=m2)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureStats":

@@ -6,7 +6,8 @@ A checkpoint `STEM` is two files:
 - `STEM.json`: `{"format": FORMAT, "unet": UNetConfig fields, "precond": ..., ...metadata}`.
 Training runs add `STEM.state.pt` (optimizer and loop state, loaded with `weights_only=True`).
 Anything that takes a checkpoint accepts the `.safetensors` file, the `.json` file, the stem, or
-a run directory (its latest checkpoint).
+a run directory (its latest checkpoint). `load_network` also takes foreign teachers: an official
+EDM `.pkl` (`edm_pickle`) or a diffusers UNet2DModel folder (`diffusers_adapter`).
 """
 
 import copy
@@ -14,11 +15,13 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..runio import atomic_save, atomic_write_json
+from .diffusers_adapter import DiffusersDenoiser, diffusers_dir, load_diffusers_unet
+from .edm_pickle import load_edm_pickle
 from .precond import Denoiser
 from .unet import UNetConfig
 
@@ -82,7 +85,7 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     stem = resolve(path)
     try:
         return load_file(stem.with_suffix(".safetensors"))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{stem.with_suffix('.safetensors')}: unreadable safetensors file ({e}); "
                         f"re-create the checkpoint") from None
 
@@ -92,9 +95,18 @@ def build(meta: dict) -> Denoiser:
     return Denoiser(UNetConfig(**meta["unet"]), precond=meta.get("precond", "edm"))
 
 
-def load_network(path: str | Path, which: str = "ema", precond: str | None = None) -> Denoiser:
+def load_network(path: str | Path, which: str = "ema",
+                 precond: str | None = None) -> Denoiser | DiffusersDenoiser:
     """Load a network from a checkpoint; `which` is `ema` (default, falls back to `net` when the
-    checkpoint has no EMA) or `net`. `precond` overrides the recorded preconditioning."""
+    checkpoint has no EMA) or `net`. `precond` overrides the recorded preconditioning.
+    An EDM `.pkl` loads its entry `which`; a diffusers folder has one network and no `precond`."""
+    if Path(path).suffix == ".pkl":
+        return load_edm_pickle(path, key=which, precond=precond)[0]
+    if diffusers_dir(path) is not None:
+        if precond is not None:
+            raise UserError(f"{path}: a diffusers model keeps its own noise convention; drop "
+                            f"the preconditioning override {precond!r}")
+        return load_diffusers_unet(path)
     meta = read_meta(path)
     if precond is not None:
         meta = {**meta, "precond": precond}

@@ -1,0 +1,1 @@
+"""Training loops: the teacher and the shared one-step trainer."""

@@ -1,0 +1,118 @@
+"""Teacher training: an EDM denoiser trained with the EDM loss (log-normal sigma), Adam, EMA."""
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import load_dataset
+from ..diffusion import edm_loss, generate, latents, sample_sigma
+from ..nets.io import ema_copy
+from ..nets.precond import Denoiser
+from ..nets.unet import PRESETS, UNetConfig
+from ..report.images import save_grid
+from ..runio import append_jsonl
+from .loop import Dist, RunDir, pick_device, step_generator, to_plain, update_ema
+
+
+@dataclass
+class TeacherConfig:
+    data: str = "digits"
+    data_path: str | None = None
+    size: int | None = None         # image side; default: the dataset's UNet size
+    preset: str = "tiny"
+    precond: str = "edm"
+    images: int = 400_000           # training budget in images seen
+    batch: int = 128
+    lr: float = 2e-3
+    warmup_images: int = 20_000     # linear learning-rate warm-up
+    ema_halflife: float = 20_000    # in images
+    seed: int = 0
+    ckpt_every: int = 1000          # steps
+    log_every: int = 50             # steps
+    sample_steps: int = 18          # Heun steps for the final sample grid
+    unet: dict = field(default_factory=dict)   # resolved architecture (filled in)
+
+
+def resolve_config(cfg: TeacherConfig) -> TeacherConfig:
+    """Fill in the architecture from the preset and the data; validates user options."""
+    from ..errors import UserError
+    if cfg.preset not in PRESETS:
+        raise UserError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+    for name in ("images", "batch", "ckpt_every", "log_every"):
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    data = load_dataset(cfg.data, cfg.data_path, size=cfg.size, limit=8)
+    c, h, _ = data.shape
+    cfg.size = h
+    cfg.unet = UNetConfig(img_resolution=h, in_channels=c, out_channels=c,
+                          **PRESETS[cfg.preset]).to_dict()
+    return cfg
+
+
+def train_teacher(cfg: TeacherConfig, out: str, device: str = "auto",
+                  progress: bool = True) -> dict:
+    """Train (or resume) a teacher in run directory `out`; returns the final metrics record."""
+    cfg = resolve_config(cfg)
+    ddp = Dist()
+    dev = pick_device(device)
+    run = RunDir(out, {"kind": "teacher", **to_plain(cfg)}, resume_ignore=("images",))
+    data = load_dataset(cfg.data, cfg.data_path, size=cfg.size)
+    images = data.images.to(dev)
+
+    torch.manual_seed(cfg.seed)
+    net = Denoiser(UNetConfig(**cfg.unet), cfg.precond).to(dev).train()
+    ema = ema_copy(net)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    step = 0
+    if (stem := run.latest()) is not None:
+        state = run.load_state(stem)
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    if ddp.main:
+        run.write_config()
+    model = torch.nn.parallel.DistributedDataParallel(net) if ddp.on else net
+    local = ddp.local_batch(cfg.batch)
+    total_steps = -(-cfg.images // cfg.batch)
+    bar = tqdm(total=total_steps, initial=step, disable=None if (progress and ddp.main) else True,
+               desc="teacher", unit="step", dynamic_ncols=True)
+    t0, seen0 = time.perf_counter(), step * cfg.batch
+    record = {}
+    while step < total_steps:
+        g = step_generator(cfg.seed, step)
+        idx = ddp.shard(torch.randint(len(images), (cfg.batch,), generator=g))
+        sigma = ddp.shard(sample_sigma(cfg.batch, g)).to(dev)
+        noise = ddp.shard(torch.randn(cfg.batch, *data.shape, generator=g)).to(dev)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)) + ddp.rank)  # dropout
+        loss = edm_loss(model, images[idx.to(dev)], sigma, noise)
+        lr = cfg.lr * min(1.0, (step + 1) * cfg.batch / max(cfg.warmup_images, 1))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        update_ema(ema, net, cfg.batch, cfg.ema_halflife)
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == total_steps:
+            seen = step * cfg.batch
+            rate = (seen - seen0) / max(time.perf_counter() - t0, 1e-9)
+            record = {"step": step, "images_seen": seen, "loss": ddp.mean(float(loss.detach())), "lr": lr,
+                      "images_per_s": rate}
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{rate:.0f}")
+            if ddp.main:
+                append_jsonl(run.metrics, record)
+        if ddp.main and (step % cfg.ckpt_every == 0 or step == total_steps):
+            run.save(step, net, ema, {"net": net.state_dict(), "ema": ema.state_dict(),
+                                      "opt": opt.state_dict(), "step": step},
+                     kind="teacher", images_seen=step * cfg.batch, data=cfg.data, seed=cfg.seed)
+        ddp.barrier()
+    bar.close()
+    if ddp.main:
+        z = latents(range(64), data.shape, dev)
+        save_grid(generate(ema, z, "heun", cfg.sample_steps), run.samples / "heun.png")
+        save_grid(generate(ema, z, "one-step"), run.samples / "one-step.png")
+    return record

@@ -1,0 +1,67 @@
+"""The interface every one-step objective implements, and the registry of objectives.
+
+The shared loop (`initprobe.train.onestep`) owns the generator, its optimizer, EMA, data and
+checkpoints. An objective owns everything else: its auxiliary networks (discriminator, ratio
+estimator, fake-score network) and their optimizers. Each training step the loop
+
+1. draws real images `real`, latents `z` and a step generator `g` (all global-batch slices),
+2. computes `fake = sample_fn(gen, z)` (the one- or two-step map) without gradient and calls
+   `objective.aux_step(fake, real, g, step)` to update the auxiliary networks,
+3. computes `fake = sample_fn(gen, z)` with gradient and back-propagates
+   `objective.generator_loss(gen, fake, z, real, g, step)` into the generator.
+
+`generator_loss` returns a scalar *surrogate*: only its gradient with respect to the generator's
+parameters is meaningful (auxiliary networks must not accumulate gradients from it).
+"""
+
+import importlib
+
+import torch
+from torch import nn
+
+
+class Objective(nn.Module):
+    """Base class. Subclasses set `name` and register auxiliary networks as submodules."""
+
+    name = ""
+
+    def aux_step(self, fake: torch.Tensor, real: torch.Tensor, g: torch.Generator,
+                 step: int) -> dict[str, float]:
+        """Update the auxiliary networks on a detached fake batch; returns logged scalars."""
+        return {}
+
+    def generator_loss(self, gen: nn.Module, fake: torch.Tensor, z: torch.Tensor,
+                       real: torch.Tensor, g: torch.Generator,
+                       step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def aux_state(self) -> dict:
+        """Everything needed to resume: auxiliary weights and optimizer states."""
+        return {"modules": self.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()}}
+
+    def load_aux_state(self, state: dict):
+        self.load_state_dict(state["modules"])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+
+# name -> "module:Class" (imported on use, so each objective stays in its own module)
+OBJECTIVES = {
+    "gan": "initprobe.train.gan:GAN",
+    "ratio": "initprobe.train.ratio:ClassRatio",
+    "diffratio": "initprobe.train.ratio:DiffRatio",
+    "dmd": "initprobe.train.dmd:DMD",
+    "cd": "initprobe.train.cd:ConsistencyDistillation",
+}
+
+
+def objective_class(name: str) -> type[Objective]:
+    from ..errors import UserError
+    if name not in OBJECTIVES:
+        raise UserError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    module, cls = OBJECTIVES[name].split(":")
+    return getattr(importlib.import_module(module), cls)

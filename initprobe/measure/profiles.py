@@ -1,0 +1,92 @@
+"""What the per-layer, per-noise-level probes share: the sigma grid, the layer selection, the
+fixed noise, and the min-max normalization across sigma.
+
+- Sigma grid: EDM's 18-level Karras grid plus sigma_max = 80 (already its first level, so the
+  union is 18 levels), ascending.
+- Layer selection: `"blocks"` is the last conv of every UNet block (`layers.named_blocks` +
+  `layers.last_conv`: `conv1`, or `proj` in attention blocks; the stem and head convs
+  themselves), `"all"` every named layer, or an explicit list of canonical ids. Always in
+  network order (encoder, bottleneck, decoder).
+- Noise: one standard-normal draw per image from a generator seeded with `seed`, reused at every
+  sigma (common random numbers: profiles across sigma are smooth and every checkpoint compared
+  sees the same noisy inputs).
+- Min-max: per run and layer, (v - min) / (max - min) across sigma; NaN for a layer whose value
+  does not change with sigma (the normalization is undefined).
+"""
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..diffusion import SIGMA_MAX, karras_sigmas
+from ..errors import UserError
+from ..nets.layers import last_conv, named_blocks, named_layers, parse
+from .hooks import modules_by_id
+
+LAYER_SETS = ("blocks", "all")
+
+
+def default_sigmas() -> list[float]:
+    """`karras_sigmas(18)` and 80, deduplicated, ascending."""
+    grid = [float(s) for s in karras_sigmas(18)]
+    if not any(abs(s - SIGMA_MAX) < 1e-9 * SIGMA_MAX for s in grid):
+        grid.append(SIGMA_MAX)
+    return sorted(grid)
+
+
+def block_layer_ids(net: nn.Module) -> list[str]:
+    """Canonical id of the last conv of every block, in network order; UserError for a block
+    whose last conv is not a named layer (a network `layers.last_conv` does not know)."""
+    id_of = {id(m): name for name, m in named_layers(net).items()}
+    ids = []
+    for name, block in named_blocks(net).items():
+        conv = id_of.get(id(last_conv(block)))
+        if conv is None:
+            raise UserError(f"block {name}: its last conv is not a named layer of this network; "
+                            f"use layers 'all' or a list of layer ids")
+        ids.append(conv)
+    return ids
+
+
+def select_layers(net: nn.Module, layers: str | Sequence[str]) -> list[str]:
+    """Resolve `"blocks"`, `"all"` or a list of ids (validated, deduplicated) into canonical ids
+    in network order."""
+    if isinstance(layers, str):
+        if layers == "blocks":
+            return block_layer_ids(net)
+        if layers == "all":
+            return list(named_layers(net))
+        raise UserError(f"unknown layer set {layers!r}; choose one of {', '.join(LAYER_SETS)} "
+                        f"or give a list of layer ids")
+    if not layers:
+        raise UserError("no layers selected; give blocks, all, or at least one layer id")
+    wanted = modules_by_id(net, layers)
+    return [i for i in named_layers(net) if i in wanted]
+
+
+def fixed_noise(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Standard-normal noise shaped like `images`, drawn on the CPU from `seed` (so the same on
+    every device), returned on the images' device."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn(images.shape, generator=g).to(images.device, images.dtype)
+
+
+def layer_record(layer: str, sigma: float, metric: str, value: float) -> dict:
+    """One table row: a layer's value at a noise level, with the id's coordinates."""
+    lid = parse(layer)
+    return {"layer": layer, "side": lid.side, "res": lid.res, "block": lid.block,
+            "sublayer": lid.sublayer, "sigma": sigma, "metric": metric, "value": value}
+
+
+def with_minmax(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Append rows `metric="minmax"`: the `metric` rows min-max normalized across sigma within
+    each (run, layer)."""
+    rows = df[df["metric"] == metric].copy()
+    values = rows.groupby(["run", "layer"], dropna=False, sort=False)["value"]
+    lo, hi = values.transform("min"), values.transform("max")
+    span = (hi - lo).where(hi > lo)
+    rows["value"] = (rows["value"] - lo) / span
+    rows["metric"] = "minmax"
+    return pd.concat([df, rows], ignore_index=True)

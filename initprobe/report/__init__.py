@@ -1,0 +1,1 @@
+"""Tables and figures drawn from the shared long-form schema."""

@@ -14,6 +14,10 @@ Groups (used by the selector language):
 - `encoder`: the other `enc.*` layers; `decoder`: the other `dec.*` layers;
 - `attention`: `norm2`, `qkv`, `proj`; `norm`: every GroupNorm; `skip`: 1x1 block skips;
 - `conv`: the two 3x3 convs of every residual block (`conv0`, `conv1`).
+
+Other networks join the vocabulary by providing `canonical_layers()`, `canonical_blocks()` and
+`lowest_resolution` (a diffusers UNet2DModel: `initprobe.nets.diffusers_adapter`, whose separate
+attention projections are the sublayers `q`, `k`, `v`).
 """
 
 import re
@@ -50,7 +54,7 @@ class LayerId:
             g.append("bottleneck")
         else:
             g.append("encoder" if self.side == "enc" else "decoder")
-        if self.sublayer in ("norm2", "qkv", "proj"):
+        if self.sublayer in ("norm2", "qkv", "q", "k", "v", "proj"):
             g.append("attention")
         if self.kind == "GroupNorm":
             g.append("norm")
@@ -80,12 +84,16 @@ def unet_of(net: nn.Module) -> UNet:
 
 def named_layers(net: nn.Module) -> dict[str, nn.Module]:
     """Canonical id -> parameter-owning module, in network order (embedding, encoder, decoder)."""
+    if hasattr(net, "canonical_layers"):
+        return net.canonical_layers()
     return {name: m for name, m in unet_of(net).named_modules()
             if isinstance(m, (Conv2d, Linear, GroupNorm)) and any(True for _ in m.parameters())}
 
 
 def named_blocks(net: nn.Module) -> dict[str, nn.Module]:
     """Block id -> block module (`enc.16x16_block0`, `dec.4x4_in0`, ...), in network order."""
+    if hasattr(net, "canonical_blocks"):
+        return net.canonical_blocks()
     u = unet_of(net)
     return {f"{side}.{name}": m for side in ("enc", "dec")
             for name, m in getattr(u, side).items() if not name.endswith("aux_norm")}
@@ -100,6 +108,8 @@ def last_conv(block: nn.Module) -> nn.Module:
 
 
 def lowest_res(net: nn.Module) -> int:
+    if hasattr(net, "lowest_resolution"):
+        return net.lowest_resolution
     cfg = unet_of(net).cfg
     return cfg.img_resolution >> (len(cfg.channel_mult) - 1)
 

@@ -1,11 +1,17 @@
 """EDM preconditioning: the denoiser D(x; sigma) = c_skip x + c_out F(c_in x; c_noise).
 
-Two variants (sigma_data = 0.5):
+Two variants for networks trained here (sigma_data = 0.5):
 - `edm`: Karras et al. 2022. c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2),
   c_in = 1 / sqrt(s^2 + sd^2), c_noise = ln(s) / 4.
 - `edm-eps`: the epsilon-shifted variant of GDD/D2O (eps = 0.002) with D(x; eps) = x:
   c_skip = sd^2 / ((s - eps)^2 + sd^2), c_out = (s - eps) sd / sqrt(s^2 + sd^2); c_in and c_noise
   as in `edm`.
+Two more, only so that official EDM checkpoints trained with them evaluate faithfully (EDM's
+VPPrecond/VEPrecond with their default schedules; `initprobe.nets.edm_pickle`):
+- `vp`: c_skip = 1, c_out = -s, c_in = 1 / sqrt(s^2 + 1), c_noise = (M - 1) t(s) with
+  t(s) = (sqrt(beta_min^2 + 2 beta_d ln(1 + s^2)) - beta_min) / beta_d, beta_d = 19.9,
+  beta_min = 0.1, M = 1000;
+- `ve`: c_skip = 1, c_out = s, c_in = 1, c_noise = ln(s / 2).
 """
 
 import torch
@@ -15,13 +21,19 @@ from .unet import UNet, UNetConfig
 
 SIGMA_DATA = 0.5
 EPS_SHIFT = 0.002
-PRECONDS = ("edm", "edm-eps")
+VP_BETA_D, VP_BETA_MIN, VP_M = 19.9, 0.1, 1000
+PRECONDS = ("edm", "edm-eps", "vp", "ve")
 
 
 def coefficients(sigma: torch.Tensor, kind: str = "edm", sigma_data: float = SIGMA_DATA,
                  eps: float = EPS_SHIFT):
     """Return (c_skip, c_out, c_in, c_noise) for a tensor of noise levels."""
     s, sd = sigma, sigma_data
+    if kind == "vp":
+        t = ((VP_BETA_MIN**2 + 2 * VP_BETA_D * (1 + s**2).log()).sqrt() - VP_BETA_MIN) / VP_BETA_D
+        return torch.ones_like(s), -s, 1 / (s**2 + 1).sqrt(), (VP_M - 1) * t
+    if kind == "ve":
+        return torch.ones_like(s), s, torch.ones_like(s), (0.5 * s).log()
     if kind == "edm":
         shifted = s
         c_skip = sd**2 / (s**2 + sd**2)

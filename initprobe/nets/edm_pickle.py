@@ -1,0 +1,243 @@
+"""Official EDM network pickles (`edm-cifar10-32x32-uncond-vp.pkl`, training snapshots), read
+without executing anything they contain.
+
+An EDM pickle is `pickle.dump(dict(ema=net, loss_fn=..., augment_pipe=..., dataset_kwargs=...))`.
+Its networks are `torch_utils.persistence` records: every persistent object is stored as a call
+`torch_utils.persistence._reconstruct_persistent_obj(meta)`, where `meta` holds the source code of
+the defining module (`module_src`), the `class_name` and the object's `state` (for a module, its
+`__dict__`: `_parameters`, `_buffers`, `_modules`, the constructor's `_init_args`/`_init_kwargs`
+and plain attributes). EDM's own loader `exec`s `module_src`; this one never looks at it.
+
+`_Unpickler.find_class` resolves only the globals in `ALLOWED`; anything else (`os.system`,
+`builtins.exec`, ...) is refused with a `UserError` naming it before it is called:
+- the persistence call -> `_Record` (class name and state, nothing run), `ModuleDict` -> `_Record`;
+- tensor rebuilds: `torch._utils._rebuild_tensor_v2` / `_rebuild_parameter`, and storages
+  (`torch.storage._load_from_bytes`) through `torch.load(weights_only=True)`;
+- containers: `collections.OrderedDict`, `builtins.set`;
+- numpy scalars in recorded kwargs (`numpy.dtype`, `numpy[._]core.multiarray.scalar`), numeric only.
+
+The architecture is read from the recorded constructor kwargs of the wrapper and its SongUNet.
+Supported: EDMPrecond (sigma_data 0.5), VPPrecond (EDM's default beta_d, beta_min, M) and VEPrecond
+around an unconditional SongUNet with encoder_type and decoder_type 'standard' (DDPM++; positional
+or fourier embedding). Refused with a UserError naming the option: DhariwalUNet (ADM),
+iDDPMPrecond, label_dim > 0, NCSN++'s 'residual'/'skip' encoder or 'skip' decoder. `map_augment`
+(training-time augmentation labels, augment_dim > 0) is unused at sampling and is dropped.
+"""
+
+import collections
+import io
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .precond import SIGMA_DATA, VP_BETA_D, VP_BETA_MIN, VP_M, Denoiser
+from .unet import UNetConfig
+
+PRECOND_KINDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
+# SongUNet's constructor defaults (EDM training/networks.py), for kwargs a pickle leaves out.
+SONG_DEFAULTS = {"label_dim": 0, "augment_dim": 0, "model_channels": 128,
+                 "channel_mult": [1, 2, 2, 2], "channel_mult_emb": 4, "num_blocks": 4,
+                 "attn_resolutions": [16], "dropout": 0.10, "label_dropout": 0,
+                 "embedding_type": "positional", "channel_mult_noise": 1,
+                 "encoder_type": "standard", "decoder_type": "standard", "resample_filter": [1, 1]}
+UNET_FIELDS = ("img_resolution", "in_channels", "out_channels", "model_channels", "channel_mult",
+               "channel_mult_emb", "channel_mult_noise", "num_blocks", "attn_resolutions",
+               "dropout", "embedding_type", "resample_filter")
+
+
+class _Record:
+    """What a persistent object or ModuleDict unpickles to: a class name and a state dict.
+    A ModuleDict is created by pickle itself (`__new__`, then `__setstate__`), hence the default
+    class name."""
+
+    class_name = "ModuleDict"
+    state: Mapping = MappingProxyType({})
+
+    def __init__(self, class_name: str, state: dict):
+        self.class_name, self.state = class_name, state
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise UserError(f"a ModuleDict holds a {type(state).__name__}, not its state dict")
+        self.state = state
+
+
+def _persistent(meta):
+    if not (isinstance(meta, dict) and meta.get("type") == "class"
+            and isinstance(meta.get("state"), dict)):
+        raise UserError("not a torch_utils.persistence class record; is this an EDM pickle?")
+    return _Record(str(meta.get("class_name")), meta["state"])
+
+
+def _storage(data: bytes):
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except Exception:  # noqa: BLE001 - torch's restricted loader refused or failed to parse
+        raise UserError("a tensor storage in the pickle is not plain tensor data") from None
+
+
+def _numpy_dtype(spec, *_):
+    if not isinstance(spec, str):
+        raise UserError(f"numpy dtype {spec!r} in the pickle is not a plain type code")
+    return np.dtype(spec)
+
+
+def _numpy_scalar(dtype, data=b""):
+    if not (isinstance(dtype, np.dtype) and dtype.kind in "biufc" and isinstance(data, bytes)):
+        raise UserError(f"numpy scalar of dtype {dtype!r} in the pickle is not numeric")
+    return np.frombuffer(data, dtype)[0].item()
+
+
+ALLOWED = {
+    "torch_utils.persistence._reconstruct_persistent_obj": _persistent,
+    "torch.nn.modules.container.ModuleDict": _Record,
+    "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+    "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+    "torch.storage._load_from_bytes": _storage,
+    "collections.OrderedDict": collections.OrderedDict,
+    "builtins.set": set,
+    "numpy.dtype": _numpy_dtype,
+    "numpy.core.multiarray.scalar": _numpy_scalar,
+    "numpy._core.multiarray.scalar": _numpy_scalar,
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        target = ALLOWED.get(f"{module}.{name}")
+        if target is None:
+            raise UserError(f"refusing global {module}.{name}: not allowed in an EDM network "
+                            f"pickle (only tensors and torch_utils.persistence records are)")
+        return target
+
+
+def read_pickle(path: str | Path) -> dict:
+    """The top-level dict of an EDM pickle, networks as `_Record` trees; UserError otherwise."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = _Unpickler(f).load()
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror}); pass an EDM .pkl file") from None
+    except Exception as e:  # noqa: BLE001 - any failure to parse untrusted bytes: a bad file
+        why = (str(e).splitlines() or [""])[0]
+        raise UserError(f"{path}: not a readable EDM pickle ({type(e).__name__}: {why}); "
+                        f"re-download the file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: holds a {type(data).__name__}, not EDM's dict of networks; "
+                        f"pass an EDM network pickle")
+    return data
+
+
+def record_tensors(rec: _Record, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers of a module record, by dotted name (a state dict)."""
+    st, out = rec.state, {}
+    transient = st.get("_non_persistent_buffers_set") or set()
+    for slot in ("_parameters", "_buffers"):
+        for name, t in (st.get(slot) or {}).items():
+            if t is None or (slot == "_buffers" and name in transient):
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise UserError(f"{prefix}{name} is a {type(t).__name__}, not a tensor")
+            out[prefix + name] = t.detach()
+    for name, sub in (st.get("_modules") or {}).items():
+        if sub is None:
+            continue
+        if not isinstance(sub, _Record):
+            raise UserError(f"{prefix}{name} is a {type(sub).__name__}, not a module record")
+        out.update(record_tensors(sub, f"{prefix}{name}."))
+    return out
+
+
+def _kwargs(rec: _Record) -> dict:
+    st = rec.state
+    if st.get("_init_args"):
+        raise UserError(f"{rec.class_name} was built with positional arguments; cannot read its "
+                        f"architecture")
+    if not isinstance(st.get("_init_kwargs"), dict):
+        raise UserError(f"{rec.class_name} has no recorded constructor kwargs")
+    return dict(st["_init_kwargs"])
+
+
+def architecture(net: _Record) -> tuple[UNetConfig, str, dict]:
+    """(UNetConfig, preconditioning kind, SongUNet kwargs) of a network record; UserError naming
+    the option when initprobe's UNet cannot represent it."""
+    if net.class_name not in PRECOND_KINDS:
+        raise UserError(f"preconditioning {net.class_name} is not supported (supported: "
+                        f"{', '.join(PRECOND_KINDS)})")
+    st, kind = net.state, PRECOND_KINDS[net.class_name]
+    if st.get("label_dim", 0):
+        raise UserError(f"class-conditional networks (label_dim={st['label_dim']}) are not "
+                        f"supported; use an unconditional checkpoint")
+    if kind == "edm" and st.get("sigma_data", SIGMA_DATA) != SIGMA_DATA:
+        raise UserError(f"sigma_data={st['sigma_data']} is not supported (only {SIGMA_DATA})")
+    if kind == "vp":
+        for key, value in {"beta_d": VP_BETA_D, "beta_min": VP_BETA_MIN, "M": VP_M}.items():
+            if st.get(key, value) != value:
+                raise UserError(f"VPPrecond with {key}={st[key]} is not supported (only EDM's "
+                                f"default {value})")
+    model = (st.get("_modules") or {}).get("model")
+    if not isinstance(model, _Record):
+        raise UserError(f"{net.class_name} has no `model` submodule")
+    if model.class_name != "SongUNet":
+        name = "DhariwalUNet (ADM)" if model.class_name == "DhariwalUNet" else model.class_name
+        raise UserError(f"model_type {name} is not supported (only SongUNet, DDPM++ layout)")
+    kw = {**SONG_DEFAULTS, **_kwargs(model)}
+    unknown = sorted(set(kw) - set(SONG_DEFAULTS) - set(UNET_FIELDS))
+    if unknown:
+        raise UserError(f"SongUNet option(s) {unknown} are not supported")
+    if kw["label_dim"]:
+        raise UserError(f"class-conditional networks (label_dim={kw['label_dim']}) are not "
+                        f"supported; use an unconditional checkpoint")
+    for key in ("encoder_type", "decoder_type"):
+        if kw[key] != "standard":
+            raise UserError(f"{key}={kw[key]!r} (NCSN++ layout) is not supported; only "
+                            f"'standard' (DDPM++)")
+    if kw["in_channels"] != kw["out_channels"]:
+        raise UserError(f"in_channels {kw['in_channels']} != out_channels {kw['out_channels']}")
+    cfg = UNetConfig(**{k: list(kw[k]) if isinstance(kw[k], (list, tuple)) else kw[k]
+                        for k in UNET_FIELDS})
+    return cfg, kind, kw
+
+
+def load_edm_pickle(path: str | Path, key: str = "ema",
+                    precond: str | None = None) -> tuple[Denoiser, dict]:
+    """The network `key` (default: the EMA network) of an EDM pickle as an initprobe Denoiser with
+    the file's preconditioning (or `precond`), plus provenance metadata for checkpoints."""
+    data = read_pickle(path)
+    if key not in data:
+        raise UserError(f"{path}: no {key!r} entry (entries: {sorted(map(str, data))}); pass "
+                        f"one of them")
+    net = data[key]
+    if not isinstance(net, _Record):
+        raise UserError(f"{path}: entry {key!r} is a {type(net).__name__}, not an EDM network")
+    try:
+        cfg, kind, kw = architecture(net)
+        tensors = record_tensors(net)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    dropped = sorted(k for k in tensors if k.startswith("model.map_augment."))
+    for k in dropped:
+        del tensors[k]
+    with torch.device("meta"):  # no init: every parameter and buffer comes from the file
+        model = Denoiser(cfg, precond=precond or kind)
+    want = model.state_dict()
+    if set(want) != set(tensors):
+        raise UserError(f"{path}: tensors do not match the recorded architecture (missing "
+                        f"{sorted(set(want) - set(tensors))[:3]}, unexpected "
+                        f"{sorted(set(tensors) - set(want))[:3]})")
+    bad = [k for k, t in tensors.items() if t.shape != want[k].shape]
+    if bad:
+        raise UserError(f"{path}: tensor {bad[0]} has shape {tuple(tensors[bad[0]].shape)}, "
+                        f"expected {tuple(want[bad[0]].shape)}")
+    model.load_state_dict({k: t.float().contiguous() for k, t in tensors.items()}, assign=True)
+    info = {"source": "edm-pickle", "source_file": str(path), "source_key": key,
+            "edm_precond": net.class_name, "edm_model_kwargs": kw, "dropped_tensors": dropped}
+    return model.eval(), info

@@ -16,7 +16,8 @@ def karras_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA
     if n == 1:
         return torch.tensor([sigma_max], dtype=torch.float64)
     i = torch.arange(n, dtype=torch.float64)
-    return (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + i / (n - 1) * (lo - hi)) ** rho
 
 
 def sample_sigma(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:

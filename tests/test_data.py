@@ -63,8 +63,8 @@ def test_cifar_npz_nhwc(tmp_path):
     np.savez(tmp_path / "c.npz", x_train=x, y_train=np.arange(6), x_test=x, y_test=np.arange(6))
     d = load_dataset("cifar10", tmp_path / "c.npz")
     assert d.images.shape == (6, 3, 32, 32)
-    assert torch.allclose((d.images[0, :, 3, 5] + 1) * 127.5, torch.tensor(x[0, 3, 5], dtype=torch.float32),
-                          atol=1e-3)
+    expected = torch.tensor(x[0, 3, 5], dtype=torch.float32)
+    assert torch.allclose((d.images[0, :, 3, 5] + 1) * 127.5, expected, atol=1e-3)
 
 
 def test_cifar_pickle_folder_refuses_foreign_globals(tmp_path):

@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
+from initprobe.errors import UserError
 from initprobe.nets.io import load_network, read_meta, save_checkpoint
 from initprobe.nets.layers import GROUPS, layer_table, named_blocks, parse
 from initprobe.nets.precond import Denoiser, coefficients
 from initprobe.nets.unet import PRESETS, UNet, UNetConfig
-from initprobe.errors import UserError
 
 
 def test_shapes_for_each_preset_size():

@@ -2,8 +2,7 @@ import math
 
 import torch
 
-from initprobe.diffusion import (euler, generate, heun, karras_sigmas, latents, one_step,
-                                 two_step)
+from initprobe.diffusion import euler, generate, heun, karras_sigmas, latents, one_step, two_step
 
 
 class Gaussian(torch.nn.Module):

@@ -67,7 +67,9 @@ def train_feature_net(train: Dataset, test: Dataset | None = None, steps: int = 
     net = FeatureNet(train.shape[0], train.num_classes)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in tqdm(range(steps), desc="feature net", disable=None if progress else True, dynamic_ncols=True):
+    bar = tqdm(range(steps), desc="feature net", disable=None if progress else True,
+               dynamic_ncols=True)
+    for _ in bar:
         idx = torch.randint(len(train), (batch,), generator=g)
         x = train.images[idx]
         dx, dy = torch.randint(-1, 2, (2,), generator=g).tolist()

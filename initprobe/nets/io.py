@@ -1,4 +1,5 @@
-"""Self-describing checkpoints: safetensors weights plus a json file with the config that built them.
+"""Self-describing checkpoints: safetensors weights plus a json file with the config that built
+them.
 
 A checkpoint `STEM` is two files:
 - `STEM.safetensors`: tensors `net.<param>` (the trained weights) and optionally `ema.<param>`

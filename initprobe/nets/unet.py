@@ -68,7 +68,8 @@ class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  init_weight: float = 1.0):
         super().__init__()
-        self.in_features, self.out_features, self.init_weight = in_features, out_features, init_weight
+        self.in_features, self.out_features = in_features, out_features
+        self.init_weight = init_weight
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_parameters()

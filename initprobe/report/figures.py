@@ -43,7 +43,8 @@ def layer_sigma_heatmap(df: pd.DataFrame, path: str | Path, metric: str = "minma
     Cells with no value (e.g. min-max of a layer constant in sigma) are left blank."""
     d = df[df["metric"] == metric].assign(run=lambda t: t["run"].astype("string").fillna(""))
     if d.empty:
-        raise UserError(f"no rows with metric {metric!r} to plot (has {sorted(df.metric.unique())})")
+        raise UserError(f"no rows with metric {metric!r} to plot "
+                        f"(has {sorted(df.metric.unique())})")
     layers = list(pd.unique(d["layer"]))
     first = d.drop_duplicates("layer").set_index("layer").reindex(layers)
     sections = np.where((first["side"] == "dec") & first["block"].str.fullmatch(r"in\d+"),

@@ -17,7 +17,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
-def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1) -> Image.Image:
+def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1,
+         scale: int = 1) -> Image.Image:
     """Tile a batch into one image; `scale` enlarges small images with nearest neighbours."""
     x = to_uint8(images)
     n, h, w, c = x.shape

@@ -42,7 +42,8 @@ def resolve_config(cfg: TeacherConfig) -> TeacherConfig:
         raise UserError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
     for name in ("images", "batch", "ckpt_every", "log_every"):
         if getattr(cfg, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+            raise UserError(f"--{name.replace('_', '-')} must be positive, "
+                            f"got {getattr(cfg, name)}")
     data = load_dataset(cfg.data, cfg.data_path, size=cfg.size, limit=8)
     c, h, _ = data.shape
     cfg.size = h
@@ -75,7 +76,7 @@ def train_teacher(cfg: TeacherConfig, out: str, device: str = "auto",
     if ddp.main:
         run.write_config()
     model = torch.nn.parallel.DistributedDataParallel(net) if ddp.on else net
-    local = ddp.local_batch(cfg.batch)
+    ddp.local_batch(cfg.batch)  # refuses a batch that does not split over the processes
     total_steps = -(-cfg.images // cfg.batch)
     bar = tqdm(total=total_steps, initial=step, disable=None if (progress and ddp.main) else True,
                desc="teacher", unit="step", dynamic_ncols=True)
@@ -100,8 +101,8 @@ def train_teacher(cfg: TeacherConfig, out: str, device: str = "auto",
         if step % cfg.log_every == 0 or step == total_steps:
             seen = step * cfg.batch
             rate = (seen - seen0) / max(time.perf_counter() - t0, 1e-9)
-            record = {"step": step, "images_seen": seen, "loss": ddp.mean(float(loss.detach())), "lr": lr,
-                      "images_per_s": rate}
+            record = {"step": step, "images_seen": seen, "loss": ddp.mean(float(loss.detach())),
+                      "lr": lr, "images_per_s": rate}
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{rate:.0f}")
             if ddp.main:
                 append_jsonl(run.metrics, record)

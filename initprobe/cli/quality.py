@@ -1,12 +1,19 @@
-"""Quality commands: train-features, quality."""
+"""Quality commands: train-features, quality (abs or rel, several checkpoints), relfid."""
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from ..errors import UserError
 from . import app
 from .foundation import DATA_HELP, PATH_HELP
+from .probe import DEVICE_HELP, _labels
+
+Opt = typer.Option
+NETWORK_HELP = "feature network: classifier (trained on the data, cached) or inception (FID)"
+WEIGHTS_HELP = ("local FID Inception weights: pytorch-fid's pt_inception-2015-12-05-*.pth or the "
+                "TorchScript inception-2015-12-05.pt (never downloaded)")
 
 
 @app.command("train-features")
@@ -30,45 +37,127 @@ def train_features_cmd(
                f"(cached under {cache_dir() / 'features'})")
 
 
-@app.command("quality")
-def quality_cmd(
-    checkpoint: Path = typer.Argument(..., help="checkpoint file, stem or run directory"),
-    out: Path = typer.Option(..., "--out", help="output folder for quality.csv"),
-    data: str = typer.Option("digits", help=DATA_HELP),
-    data_path: str = typer.Option(None, help=PATH_HELP),
-    sampler: str = typer.Option("heun", help="heun, euler, two-step, one-step"),
-    steps: int = typer.Option(18, help="sampler steps (heun/euler)"),
-    sigma_mid: float = typer.Option(2.0, help="two-step intermediate sigma"),
-    n: int = typer.Option(1000, help="number of samples (seeds 0..n-1)"),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
-):
-    """Sample quality against the training data on the domain classifier's features.
-
-    Example: initprobe quality runs/teacher-digits --sampler heun --out runs/quality
-    """
+def _setup(data: str, data_path: str | None, network: str, weights: Path | None, device: str):
+    """(train data, extractor on the device, device)."""
     from ..data import load_dataset
-    from ..diffusion import generate, latents
-    from ..measure.features import load_or_train
-    from ..measure.quality import sample_quality
-    from ..nets.io import load_network
-    from ..runio import atomic_write_text
-    from ..schema import frame
+    from ..measure.extractors import make_extractor
     from ..train.loop import pick_device
-    if n < 2:
-        raise UserError(f"--n must be at least 2 (got {n})")
     dev = pick_device(device)
     train = load_dataset(data, data_path, "train")
-    fnet, _ = load_or_train(train, load_dataset(data, data_path, "test"))
+    test = load_dataset(data, data_path, "test")
+    return train, make_extractor(network, train, test, weights).to(dev), dev
+
+
+def _load(checkpoint: Path, data, dev):
+    """The checkpoint's network on `dev`; UserError if its images do not match the data."""
+    from ..nets.io import load_network
     net = load_network(checkpoint).to(dev)
-    if net.cfg.img_resolution != train.shape[-1] or net.cfg.in_channels != train.shape[0]:
+    if (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution) != data.shape:
         raise UserError(f"{checkpoint} makes {net.cfg.in_channels}x{net.cfg.img_resolution}^2 "
-                        f"images but {data} has shape {train.shape}; pick the matching --data")
-    z = latents(range(n), train.shape, dev)
-    samples = generate(net, z, sampler, steps, sigma_mid).cpu()
-    q = sample_quality(fnet, samples, train.images, train.num_classes)
-    df = frame([{"metric": k, "value": v} for k, v in q.items()], run=str(checkpoint),
-               sampler=sampler, steps=steps, n=n)
+                        f"images but {data.name} has shape {data.shape}; pick the matching --data")
+    return net
+
+
+def _numbers(spec: str, kind, option: str) -> list:
+    try:
+        values = [kind(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"bad {option} {spec!r}; give comma-separated numbers like 2,4,6") from None
+    if not values:
+        raise UserError(f"{option} is empty; give comma-separated numbers like 2,4,6")
+    return values
+
+
+@app.command("quality")
+def quality_cmd(
+    checkpoints: Annotated[list[Path], typer.Argument(help="checkpoints (file, stem, run dir)")],
+    out: Annotated[Path, Opt("--out", help="output folder for quality.csv")],
+    data: Annotated[str, Opt(help=DATA_HELP)] = "digits",
+    data_path: Annotated[str | None, Opt(help=PATH_HELP)] = None,
+    network: Annotated[str, Opt(help=NETWORK_HELP)] = "classifier",
+    inception_weights: Annotated[Path | None, Opt(help=WEIGHTS_HELP)] = None,
+    reference: Annotated[str, Opt(help="data (abs) or a CHECKPOINT whose samples, same seeds, "
+                                       "are the reference (rel)")] = "data",
+    sampler: Annotated[str, Opt(help="heun, euler, two-step, one-step")] = "heun",
+    steps: Annotated[int, Opt(help="sampler steps (heun/euler)")] = 18,
+    sigma_mid: Annotated[float, Opt(help="two-step intermediate sigma")] = 2.0,
+    reference_sampler: Annotated[str | None, Opt(help="sampler of a checkpoint reference "
+                                                      "(default: --sampler)")] = None,
+    reference_steps: Annotated[int | None, Opt(help="its steps (default: --steps)")] = None,
+    n: Annotated[int, Opt(help="number of samples (seeds 0..n-1)")] = 1000,
+    label: Annotated[list[str] | None, Opt(help="one per checkpoint (default: file stem)")] = None,
+    batch: Annotated[int, Opt(help="images per generation / feature batch")] = 256,
+    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
+):
+    """Sample quality of one or more checkpoints against the data (abs) or against another
+    checkpoint's samples with the same seeds (rel); writes the long-form quality.csv.
+
+    Example: initprobe quality runs/teacher-digits runs/gen-digits --label teacher
+             --label generator --reference data --out runs/quality
+
+    FID:     initprobe quality runs/gen-cifar --data cifar10 --data-path DATA
+             --network inception --inception-weights pt_inception-2015-12-05-6726825d.pth
+    """
+    from ..measure.quality import quality_metrics, summarize_data, summarize_samples
+    from ..runio import atomic_write_text
+    from ..schema import frame
+    names = _labels(checkpoints, label)
+    train, extractor, dev = _setup(data, data_path, network, inception_weights, device)
+    nets = {name: _load(c, train, dev) for name, c in zip(names, checkpoints)}
+    if reference == "data":
+        ref = summarize_data(extractor, train, batch=batch)
+    else:
+        ref = summarize_samples(extractor, _load(Path(reference), train, dev), n,
+                                reference_sampler or sampler, reference_steps or steps,
+                                sigma_mid, batch)
+    records = []
+    for name, net in nets.items():
+        s = summarize_samples(extractor, net, n, sampler, steps, sigma_mid, batch)
+        q = quality_metrics(s, ref, extractor)
+        records += [{"run": name, "metric": k, "value": v} for k, v in q.items()]
+        typer.echo(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
+    df = frame(records, network=extractor.name, reference=reference, sampler=sampler,
+               steps=steps, sigma_mid=sigma_mid, n=n)
     atomic_write_text(out / "quality.csv", df.to_csv(index=False))
-    for k, v in q.items():
-        typer.echo(f"{k:>18s} {v:.4f}")
     typer.echo(f"wrote {out / 'quality.csv'}")
+
+
+@app.command("relfid")
+def relfid_cmd(
+    teacher: Annotated[Path, Opt(help="teacher checkpoint (file, stem, run dir)")],
+    student: Annotated[Path, Opt(help="one-step student checkpoint")],
+    out: Annotated[Path, Opt("--out", help="output folder")],
+    steps: Annotated[str, Opt(help="teacher step counts (Karras grid levels)")] = "2,4,6,8,10",
+    step_sampler: Annotated[str, Opt(help="sampler of the step sweep: heun (EDM, 2N-1 "
+                                          "evaluations) or euler (N evaluations)")] = "heun",
+    sigma_mid: Annotated[str, Opt(help="intermediate sigmas of the two-step teacher")]
+    = "0.2,0.5,0.8,2,5",
+    n: Annotated[int, Opt(help="samples per configuration (seeds 0..n-1)")] = 1000,
+    data: Annotated[str, Opt(help=DATA_HELP)] = "digits",
+    data_path: Annotated[str | None, Opt(help=PATH_HELP)] = None,
+    network: Annotated[str, Opt(help=NETWORK_HELP)] = "classifier",
+    inception_weights: Annotated[Path | None, Opt(help=WEIGHTS_HELP)] = None,
+    batch: Annotated[int, Opt(help="images per generation / feature batch")] = 256,
+    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
+):
+    """GDD's rel-FID vs abs-FID (claim C5): Frechet distances of the teacher's N-step (Heun or
+    Euler) and two-step (sigma_mid) samples to the data (abs_fd) and to the student's one-step
+    samples with the same seeds (rel_fd); writes relfid.csv and relfid.png.
+
+    Example: initprobe relfid --teacher runs/teacher-digits --student runs/gen-digits
+             --steps 2,4,6,8,10 --sigma-mid 0.2,0.5,0.8,2,5 --n 1000 --out runs/relfid
+    """
+    from ..measure.relfid import relfid_sweep
+    from ..report.figures import relfid_figure
+    from ..runio import atomic_write_text
+    step_list = _numbers(steps, int, "--steps")
+    mids = _numbers(sigma_mid, float, "--sigma-mid")
+    train, extractor, dev = _setup(data, data_path, network, inception_weights, device)
+    df = relfid_sweep(_load(teacher, train, dev), _load(student, train, dev), train, extractor,
+                      step_list, mids, n, batch, step_sampler)
+    df["teacher"], df["student"] = str(teacher), str(student)
+    atomic_write_text(out / "relfid.csv", df.to_csv(index=False))
+    png = relfid_figure(df, out / "relfid.png")
+    wide = df.pivot_table(index="run", columns="metric", values="value", sort=False)
+    typer.echo(wide.to_string(float_format=lambda v: f"{v:.4g}"))
+    typer.echo(f"wrote {out / 'relfid.csv'} and {png}")

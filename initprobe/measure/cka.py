@@ -51,15 +51,18 @@ def u_center(k: torch.Tensor) -> torch.Tensor:
     """U-centering of symmetric Gram matrices [..., n, n] (n >= 4); the diagonal becomes 0.
 
     U(K)_ij = K_ij - r_i / (n-2) - r_j / (n-2) + s / ((n-1)(n-2)) for i != j, where r are the
-    row sums and s the total sum of K with its diagonal zeroed.
+    row sums and s the total sum of K with its diagonal zeroed. Works on one copy of `k`, in
+    place (full-size temporaries would dominate the cost of large stacked Grams).
     """
     n = k.shape[-1]
-    eye = torch.eye(n, dtype=torch.bool, device=k.device)
-    k = k.masked_fill(eye, 0)
-    rows = k.sum(-1, keepdim=True)
+    u = k.clone()
+    u.diagonal(dim1=-2, dim2=-1).zero_()
+    rows = u.sum(-1, keepdim=True)
     total = rows.sum(-2, keepdim=True)
-    u = k - rows / (n - 2) - rows.transpose(-1, -2) / (n - 2) + total / ((n - 1) * (n - 2))
-    return u.masked_fill(eye, 0)
+    u.sub_(rows / (n - 2)).sub_(rows.transpose(-1, -2) / (n - 2))
+    u.add_(total / ((n - 1) * (n - 2)))
+    u.diagonal(dim1=-2, dim2=-1).zero_()
+    return u
 
 
 def _check_n(n: int, unbiased: bool) -> None:

@@ -103,14 +103,3 @@ def load_or_train(train: Dataset, test: Dataset | None = None, steps: int = 1500
     atomic_write_json(stem.with_suffix(".json"), meta)
     return net, meta
 
-
-@torch.no_grad()
-def extract(net: FeatureNet, images: torch.Tensor, batch: int = 512):
-    """(features [n, 128] float64 numpy, predicted labels [n] int numpy)."""
-    net = net.to(images.device)
-    feats, labels = [], []
-    for x in images.split(batch):
-        f = net.features(x.float())
-        feats.append(f.double().cpu())
-        labels.append(net.head(f).argmax(1).cpu())
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy()

@@ -1,43 +1,159 @@
-"""Sample quality on a domain feature network: fidelity and coverage kept apart.
+"""Sample quality on a feature network, streamed batch by batch: fidelity and coverage kept apart.
 
-`sample_quality` returns, for a batch of generated images against reference images:
-- `fd_classifier`: Frechet distance on the classifier's penultimate features (not FID);
-- `kid_classifier`: unbiased KID on the same features;
-- `precision`, `recall`, `density`, `coverage`: k-NN manifold estimates (fidelity vs coverage);
-- `class_entropy`, `classes_covered`, `class_kl_uniform`: from the classifier's labels, where
-  mode collapse shows first.
+Images (samples generated batch by batch, or real data) pass through an `Extractor` one batch at
+a time into a `FeatureSummary`, whose memory does not grow with the number of images:
+- float64 streaming mean and covariance (`FeatureStats`) for the Frechet distance;
+- the first `KEEP` feature vectors (in seed / data order) for KID and the k-NN estimates;
+- the class histogram of the classifier's labels (classifier only).
+
+`quality_metrics(samples, reference, extractor)` then gives:
+- `fd_<network>` (`fid` for Inception): Frechet distance of the two Gaussians;
+- `kid_<network>` (`kid` for Inception): unbiased KID on the kept features;
+- `precision`, `recall`, `density`, `coverage`: k-NN manifold estimates on the kept features;
+- `class_entropy`, `classes_covered`, `class_kl_uniform` (classifier only): of the samples' labels.
+The reference is the data (abs) or another generator's samples (rel).
+
+Data summaries are cached under `$INITPROBE_CACHE/stats/<key>.npz`, key = sha256 of the images
+used, the network's weights hash and the number of images, so a reference is computed once.
 """
+
+import hashlib
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from .distances import (FeatureStats, class_histogram_stats, frechet_distance, kid,
-                        precision_recall_coverage)
-from .features import FeatureNet, extract
+from ..data import Dataset
+from ..diffusion import SAMPLERS, generate, latents
+from ..errors import UserError
+from ..runio import atomic_save_npz
+from .distances import (
+    FeatureStats,
+    class_histogram_stats,
+    frechet_distance,
+    kid,
+    precision_recall_coverage,
+)
+from .extractors import Extractor
+from .features import cache_dir
 
-PRC_MAX = 2000  # k-NN estimates use at most this many points per side (memory is n^2)
+KEEP = 2000  # feature vectors kept per side for KID and the k-NN estimates (memory is KEEP^2)
+STATS_VERSION = 1
 
 
-def stats_of(features: np.ndarray) -> FeatureStats:
-    s = FeatureStats()
-    s.update(features)
-    return s
+class FeatureSummary:
+    """Streaming feature statistics of a set of images (see the module docstring)."""
+
+    def __init__(self, keep: int = KEEP):
+        self.stats = FeatureStats()
+        self.keep = keep
+        self._kept: list[np.ndarray] = []
+        self.histogram: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return self.stats.n
+
+    @property
+    def kept(self) -> np.ndarray:
+        return np.concatenate(self._kept)
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor | None = None,
+               num_classes: int | None = None) -> None:
+        """Add one batch of features [b, d] (and predicted labels [b] of `num_classes`)."""
+        f = features.double().cpu().numpy()
+        room = self.keep - sum(len(k) for k in self._kept)
+        if room > 0:
+            self._kept.append(f[:room].copy())
+        self.stats.update(f)
+        if labels is not None:
+            counts = np.bincount(labels.cpu().numpy(), minlength=num_classes)
+            self.histogram = counts if self.histogram is None else self.histogram + counts
+
+    def save(self, path) -> None:
+        """One atomic `.npz`; its `n`, `mean`, `m2` entries are also `FeatureStats.load`'s."""
+        m2 = self.stats.cov * (self.n - 1)
+        arrays = dict(n=np.int64(self.n), mean=self.stats.mean, m2=m2, kept=self.kept,
+                      keep=np.int64(self.keep))
+        if self.histogram is not None:
+            arrays["histogram"] = self.histogram
+        atomic_save_npz(path, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "FeatureSummary":
+        with np.load(path) as z:
+            s = cls(int(z["keep"]))
+            s._kept = [z["kept"]]
+            s.histogram = z["histogram"] if "histogram" in z.files else None
+        s.stats = FeatureStats.load(path)
+        return s
 
 
-def sample_quality(feature_net: FeatureNet, samples: torch.Tensor, reference: torch.Tensor,
-                   num_classes: int, k: int = 5, seed: int = 0) -> dict[str, float]:
-    fs, labels = extract(feature_net, samples)
-    fr, _ = extract(feature_net, reference)
-    a, b = stats_of(fs), stats_of(fr)
-    out = {"fd_classifier": frechet_distance(a.mean, a.cov, b.mean, b.cov)}
-    out["kid_classifier"], _ = kid(fs, fr, subsets=50, subset_size=min(len(fs), len(fr), 1000),
-                                   seed=seed)
-    rng = np.random.default_rng(seed)
-    sub = lambda x: x[rng.permutation(len(x))[:PRC_MAX]]  # noqa: E731
-    out.update(precision_recall_coverage(sub(fr), sub(fs), k=k))
-    cls = class_histogram_stats(labels, num_classes)
-    out.update(class_entropy=cls["entropy"], classes_covered=cls["classes_covered"],
-               class_kl_uniform=cls["kl_to_uniform"])
-    out["n_samples"] = len(fs)
-    out["n_reference"] = len(fr)
-    return {k: float(v) for k, v in out.items()}
+def summarize(extractor: Extractor, batches: Iterable[torch.Tensor],
+              keep: int = KEEP) -> FeatureSummary:
+    """Stream image batches through the feature network into a `FeatureSummary`."""
+    summary = FeatureSummary(keep)
+    for images in batches:
+        feats, labels = extractor(images)
+        summary.update(feats, labels, extractor.num_classes)
+    if summary.n < 2:
+        raise UserError(f"quality needs at least 2 images, got {summary.n}; raise --n")
+    return summary
+
+
+def sample_batches(net, n: int, sampler: str = "heun", steps: int = 18, sigma_mid: float = 2.0,
+                   batch: int = 256, first_seed: int = 0) -> Iterator[torch.Tensor]:
+    """Generate images for seeds first_seed .. first_seed + n - 1, `batch` at a time, on the
+    network's device. Image i depends only on its seed, so two networks see the same latents."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if n < 2 or batch < 1:
+        raise UserError(f"need n >= 2 samples and batch >= 1, got n={n}, batch={batch}")
+    device = next(net.parameters()).device
+    shape = (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution)
+    for start in range(first_seed, first_seed + n, batch):
+        seeds = range(start, min(start + batch, first_seed + n))
+        yield generate(net, latents(seeds, shape, device), sampler, steps, sigma_mid, batch)
+
+
+def summarize_samples(extractor: Extractor, net, n: int, sampler: str = "heun", steps: int = 18,
+                      sigma_mid: float = 2.0, batch: int = 256) -> FeatureSummary:
+    """Feature summary of `n` samples of `net` (seeds 0 .. n-1)."""
+    return summarize(extractor, sample_batches(net, n, sampler, steps, sigma_mid, batch))
+
+
+def _data_key(extractor: Extractor, images: torch.Tensor, keep: int) -> str:
+    h = hashlib.sha256()
+    h.update(images.contiguous().numpy().tobytes())
+    h.update(f"v{STATS_VERSION}/{extractor.name}/{extractor.key}/{len(images)}/{keep}".encode())
+    return h.hexdigest()[:16]
+
+
+def summarize_data(extractor: Extractor, data: Dataset, n: int | None = None, batch: int = 512,
+                   keep: int = KEEP) -> FeatureSummary:
+    """Feature summary of the first `n` images of `data` (all by default), cached."""
+    images = data.images if n is None else data.images[:n]
+    path = cache_dir() / "stats" / f"{_data_key(extractor, images, keep)}.npz"
+    if path.exists():
+        return FeatureSummary.load(path)
+    summary = summarize(extractor, images.split(batch), keep)
+    summary.save(path)
+    return summary
+
+
+def quality_metrics(samples: FeatureSummary, reference: FeatureSummary, extractor: Extractor,
+                    k: int = 5, seed: int = 0) -> dict[str, float]:
+    """Metrics of `samples` against `reference` (see the module docstring), plus the counts
+    `n_samples` and `n_reference`."""
+    a, b = samples.stats, reference.stats
+    out = {extractor.fd_metric: frechet_distance(a.mean, a.cov, b.mean, b.cov)}
+    fs, fr = samples.kept, reference.kept
+    out[extractor.kid_metric], _ = kid(fs, fr, subsets=50, subset_size=1000, seed=seed)
+    out.update(precision_recall_coverage(fr, fs, k=min(k, len(fs) - 1, len(fr) - 1)))
+    if samples.histogram is not None:
+        labels = np.repeat(np.arange(len(samples.histogram)), samples.histogram)
+        cls = class_histogram_stats(labels, len(samples.histogram))
+        out.update(class_entropy=cls["entropy"], classes_covered=cls["classes_covered"],
+                   class_kl_uniform=cls["kl_to_uniform"])
+    out.update(n_samples=samples.n, n_reference=reference.n)
+    return {key: float(v) for key, v in out.items()}

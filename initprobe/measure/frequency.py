@@ -1,0 +1,115 @@
+"""Frequency-domain view of a denoiser and its samples (claim C7), as long-form tables.
+
+Radially averaged power spectra (`spectrum.radial_power_spectrum`: power per pixel, bins of
+1 / size cycles per pixel) of these sources, each averaged over all its images:
+- `data`: the real images;
+- `one-step` and `heun` samples of each network, seeds 0 .. n-1 (Heun with N grid steps);
+- `denoised` D(x + sigma n; sigma) and `error` D(x + sigma n; sigma) - x on the real images at
+  every sigma of the grid (one fixed noise draw per image, the same for every network).
+
+Band summaries (`spectrum.band_edges`: low / mid / high thirds of the frequency range, the DC
+bin excluded):
+- `rel_error` per band and sigma: summed error power / summed data power over the band's bins,
+  i.e. the fraction of the band's signal energy the denoiser gets wrong (0: exact; 1: as wrong as
+  an output of zeros);
+- `band_mismatch` per band for samples: `spectrum.band_error(P_samples, P_data)`, the relative
+  misplacement of power (0: the samples' spectrum matches the data's in that band).
+
+Tables follow the shared schema (run = network label or `data`, sigma, metric, value, seed) with
+the extra columns `source`, `freq` (power rows) and `band` (band rows).
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from ..errors import UserError
+from ..schema import frame
+from .profiles import default_sigmas, fixed_noise
+from .quality import sample_batches
+from .spectrum import band_edges, band_error, band_power, radial_power_spectrum
+
+
+class SpectrumMean:
+    """Radial power spectrum averaged over images added batch by batch (memory O(bins))."""
+
+    def __init__(self):
+        self.freqs, self._total, self.count = None, None, 0
+
+    def add(self, images: torch.Tensor) -> None:
+        self.freqs, power = radial_power_spectrum(images)
+        weighted = power * len(images)
+        self._total = weighted if self._total is None else self._total + weighted
+        self.count += len(images)
+
+    @property
+    def power(self) -> torch.Tensor:
+        if self.count == 0:
+            raise UserError("no images to take a spectrum of; give at least one image")
+        return self._total / self.count
+
+
+def mean_spectrum(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frequencies, radial power averaged over every image of every batch), float64, CPU."""
+    acc = SpectrumMean()
+    for images in batches:
+        acc.add(images)
+    return acc.freqs, acc.power
+
+
+def _power_rows(freqs, power, **cols) -> list[dict]:
+    return [{**cols, "freq": float(f), "metric": "power", "value": float(p)}
+            for f, p in zip(freqs, power)]
+
+
+@torch.no_grad()
+def denoiser_spectra(net, images: torch.Tensor, sigmas: Sequence[float] | None = None,
+                     seed: int = 0, batch: int = 256, run: str = "") -> pd.DataFrame:
+    """Spectra of D(x + sigma n; sigma) and of its error D - x on `images` at each sigma, and the
+    per-band relative error; `net(y, sigma)` runs on the images' device."""
+    sigmas = default_sigmas() if sigmas is None else sorted(float(s) for s in sigmas)
+    noise = fixed_noise(images, seed)
+    freqs, data_power = mean_spectrum(images.split(batch))
+    edges = band_edges(len(freqs))
+    data_bands = band_power(data_power, edges)
+    records = []
+    for sigma in sigmas:
+        out, err = SpectrumMean(), SpectrumMean()
+        for x, n in zip(images.split(batch), noise.split(batch)):
+            d = net(x + sigma * n, sigma).float()
+            out.add(d)
+            err.add(d - x)
+        records += _power_rows(freqs, out.power, source="denoised", sigma=sigma)
+        records += _power_rows(freqs, err.power, source="error", sigma=sigma)
+        for band, value in band_power(err.power, edges).items():
+            records.append({"source": "error", "sigma": sigma, "band": band,
+                            "metric": "rel_error", "value": value / data_bands[band]})
+    return frame(records, run=run, seed=seed)
+
+
+def sample_spectra(net, data_power: torch.Tensor, n: int = 512, heun_steps: int = 18,
+                   batch: int = 256, run: str = "") -> pd.DataFrame:
+    """Spectra of the network's `one-step` and `heun` samples (seeds 0 .. n-1) and their
+    per-band mismatch to `data_power`."""
+    edges = band_edges(len(data_power))
+    records = []
+    for source, steps in (("one-step", 1), ("heun", heun_steps)):
+        freqs, power = mean_spectrum(sample_batches(net, n, source, steps, batch=batch))
+        records += _power_rows(freqs, power, source=source)
+        records += [{"source": source, "band": band, "metric": "band_mismatch", "value": v}
+                    for band, v in band_error(power, data_power, edges).items()]
+    return frame(records, run=run)
+
+
+def spectrum_analysis(nets: Mapping[str, object], images: torch.Tensor, n_samples: int = 512,
+                      heun_steps: int = 18, sigmas: Sequence[float] | None = None, seed: int = 0,
+                      batch: int = 256) -> pd.DataFrame:
+    """The data spectrum, then for each labelled network its sample spectra and denoiser
+    spectra (module docstring), in one long-form table; `images` on the networks' device."""
+    freqs, data_power = mean_spectrum(images.split(batch))
+    tables = [frame(_power_rows(freqs, data_power, source="data"), run="data", seed=seed)]
+    for label, net in nets.items():
+        tables.append(sample_spectra(net, data_power, n_samples, heun_steps, batch, label))
+        tables.append(denoiser_spectra(net, images, sigmas, seed, batch, label))
+    return pd.concat(tables, ignore_index=True)

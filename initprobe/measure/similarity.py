@@ -1,0 +1,98 @@
+"""Representation similarity (CKA) of two denoisers on the same noised real images (claim C8).
+
+Both networks see the same inputs y = x + sigma n, with one fixed noise draw per image
+(`profiles.fixed_noise`), at the layers chosen by `profiles.select_layers` (default `"blocks"`:
+the last conv of every block, as the activation probe). Images are processed in minibatches of
+nearly equal size; each layer's output is flattened per image and enters `MinibatchCKA`
+(unbiased HSIC summed over minibatches), so the number of images is not limited by memory:
+memory is O(L b^2) for L layers and minibatch size b.
+
+- `cka_matrix(net_a, net_b, images, sigma)`: layer x layer matrix at one noise level, rows
+  A's layers, columns B's (the two networks may differ in architecture).
+- `cka_diagonal(net_a, net_b, images, sigmas)`: CKA of each layer with the same layer of the
+  other network, at every sigma (default: the 18-level grid of `profiles.default_sigmas`).
+
+Long-form tables: run (`"A vs B"`), layer (A's layer, with side/res/block/sublayer), layer_b (B's
+layer), sigma, metric (`cka_linear` or `cka_rbf`), value, seed.
+"""
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..schema import frame
+from .cka import MinibatchCKA
+from .hooks import capture
+from .profiles import default_sigmas, fixed_noise, layer_record, select_layers
+
+
+def _activations(net: nn.Module, ids: list[str], y: torch.Tensor, sigma: float
+                 ) -> list[torch.Tensor]:
+    """Each layer's output on `y`, flattened per image: [b, features] per layer id."""
+    with capture(net, ids) as got:
+        net(y, sigma)
+    return [torch.cat([t.flatten(1) for t in got[i]], 1) for i in ids]
+
+
+def _minibatches(images: torch.Tensor, batch: int) -> list[tuple[int, int]]:
+    """(start, stop) of minibatches of nearly equal size <= batch, each of at least 4 images
+    (the unbiased HSIC needs n >= 4)."""
+    n = len(images)
+    if n < 4 or batch < 4:
+        raise UserError(f"CKA needs at least 4 images and batch >= 4, got {n} images and batch "
+                        f"{batch}; raise --n-images / --batch")
+    count = -(-n // batch)
+    bounds = [round(i * n / count) for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@torch.no_grad()
+def _accumulate(net_a, ids_a, net_b, ids_b, images, noise, sigma, batch, kernel) -> torch.Tensor:
+    mb = MinibatchCKA(kernel)
+    for start, stop in _minibatches(images, batch):
+        y = images[start:stop] + sigma * noise[start:stop]
+        mb.update(_activations(net_a, ids_a, y, sigma), _activations(net_b, ids_b, y, sigma))
+    return mb.compute()
+
+
+def _inputs(net_a, images, seed):
+    device = next(net_a.parameters()).device
+    images = images.to(device)
+    return images, fixed_noise(images, seed)
+
+
+def cka_matrix(net_a: nn.Module, net_b: nn.Module, images: torch.Tensor, sigma: float = 0.5,
+               layers: str | Sequence[str] = "blocks", kernel: str = "linear", batch: int = 256,
+               seed: int = 0, run: str = "A vs B") -> pd.DataFrame:
+    """Layer x layer minibatch CKA at noise level `sigma`; rows in network order (A's layers
+    outer, B's inner). Both networks must be on the same device."""
+    ids_a, ids_b = select_layers(net_a, layers), select_layers(net_b, layers)
+    images, noise = _inputs(net_a, images, seed)
+    m = _accumulate(net_a, ids_a, net_b, ids_b, images, noise, float(sigma), batch, kernel)
+    records = [{**layer_record(a, float(sigma), f"cka_{kernel}", float(m[i, j])), "layer_b": b}
+               for i, a in enumerate(ids_a) for j, b in enumerate(ids_b)]
+    return frame(records, run=run, seed=seed)
+
+
+def cka_diagonal(net_a: nn.Module, net_b: nn.Module, images: torch.Tensor,
+                 sigmas: Sequence[float] | None = None, layers: str | Sequence[str] = "blocks",
+                 kernel: str = "linear", batch: int = 256, seed: int = 0,
+                 run: str = "A vs B") -> pd.DataFrame:
+    """CKA of each layer of A with the same layer of B at each sigma (ascending); the layer ids
+    must exist in both networks."""
+    ids = select_layers(net_a, layers)
+    missing = [i for i in ids if i not in select_layers(net_b, "all")]
+    if missing:
+        raise UserError(f"layers {missing[:3]} of the first network are not in the second; "
+                        f"matched-layer CKA needs the same architecture (use the CKA matrix)")
+    sigmas = default_sigmas() if sigmas is None else sorted(float(s) for s in sigmas)
+    images, noise = _inputs(net_a, images, seed)
+    records = []
+    for sigma in sigmas:
+        m = _accumulate(net_a, ids, net_b, ids, images, noise, sigma, batch, kernel)
+        records += [{**layer_record(i, sigma, f"cka_{kernel}", float(m[k, k])), "layer_b": i}
+                    for k, i in enumerate(ids)]
+    return frame(records, run=run, seed=seed)

@@ -1,0 +1,308 @@
+"""The shared one-step trainer: generator, init spec, EMA, data, evaluation, checkpoints.
+
+The generator is G(z) = D_theta(sigma_cond z; sigma_cond) (GDD: sigma_cond = sigma_max = 80), or
+with `steps=2` GDD's two-step map through `sigma_mid` (`initprobe.diffusion.two_step`). D_theta
+starts from the teacher's EMA weights transformed by the init spec (`ablate.ops.build_init`) and
+uses GDD's `edm-eps` preconditioning by default. Each step follows `objectives.Objective`'s
+contract; the generator's Adam uses `lr` and `betas` (default (0, 0.99) as in GDD).
+
+EMA: with `ema_halflife=None` (default) the half-life is 5% of the images seen so far (GDD/EDM's
+ramp-up ratio 0.05), so the state after N images does not depend on the budget and learning
+curves from runs of different budgets agree; a number fixes the half-life in images; 0 disables
+the EMA (it then equals the generator).
+
+Evaluation (rank 0): at the start, every `eval_every` images and at the end, `sample_quality` of
+`eval_n` EMA samples from latent seeds 0..eval_n-1 against the training images, on the cached
+domain classifier (`measure.features.load_or_train`, `eval_classifier_steps`). metrics.jsonl holds
+`kind: "train"` lines (losses, images/s) and `kind: "eval"` lines (fd_classifier, precision, ...).
+
+Distributed (torchrun): the generator is wrapped in DistributedDataParallel, and objectives get
+the wrapped module as `gen`, so any generator evaluation they make is synchronized; every step
+draws the global batch and each rank keeps its slice (`loop.Dist`); objectives draw their own
+randomness the same way (`auxnet.global_randn`) and average their auxiliary gradients with
+`auxnet.sync_gradients` before stepping, so N processes with batch B/N compute the update of one
+process with batch B. On CUDA the forward
+passes run under bf16 autocast.
+"""
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..ablate.ops import build_init
+from ..data import load_dataset
+from ..diffusion import SIGMA_MAX, latents, one_step, two_step
+from ..errors import UserError
+from ..measure.extractors import Extractor, weights_hash
+from ..measure.features import load_or_train
+from ..measure.quality import quality_metrics, summarize, summarize_data
+from ..nets.io import ema_copy, load_network
+from ..nets.precond import Denoiser
+from ..report.images import save_grid
+from ..runio import append_jsonl, read_jsonl
+from .loop import Dist, RunDir, pick_device, step_generator, to_plain, update_ema
+from .objectives import objective_class
+
+GEN_PRECONDS = ("edm", "edm-eps")
+DIVERGENCES = ("kl", "js")
+DISC_FEATURES = ("teacher", "classifier")
+EMA_RAMPUP = 0.05
+GRID = 64  # latents of the sample grids
+
+
+@dataclass
+class OneStepConfig:
+    teacher: str = ""               # teacher checkpoint (its EMA weights are used)
+    objective: str = "gan"          # a key of objectives.OBJECTIVES
+    data: str = "digits"
+    data_path: str | None = None
+    images: int = 50_000            # budget in images seen
+    batch: int = 64                 # global batch
+    lr: float = 1e-4                # generator Adam (GDD: 1e-4)
+    lr_aux: float = 1e-4            # auxiliary networks' Adam
+    betas: tuple[float, float] = (0.0, 0.99)
+    seed: int = 0
+    # init spec (ablate.ops.build_init)
+    init: str = "teacher"
+    reinit: str | None = None
+    shuffle: str | None = None
+    transfer_from: str | None = None
+    transfer_layers: str | None = None
+    interpolate: float | None = None
+    freeze: str | None = None       # selector spec, or the preset `gdd` (GDD-I / D2O-F)
+    precond: str = "edm-eps"        # the generator's preconditioning
+    # the generator's map
+    sigma_cond: float = SIGMA_MAX
+    steps: int = 1                  # 1: one-step map; 2: GDD's two-step map
+    sigma_mid: float = 2.0
+    # objective options
+    divergence: str = "kl"          # ratio objectives: kl | js
+    r1_gamma: float = 1e-4
+    r1_interval: int = 16
+    disc_sigma: float = 0.5
+    disc_features: str = "teacher"
+    objective_options: dict = field(default_factory=dict)
+    # bookkeeping
+    ema_halflife: float | None = None
+    eval_every: int = 10_000        # images
+    eval_n: int = 500               # 0 disables evaluation
+    eval_classifier_steps: int = 1500
+    ckpt_every: int = 500           # steps
+    log_every: int = 25             # steps
+    unet: dict = field(default_factory=dict)   # the teacher's architecture (filled in)
+
+
+def _check(cond: bool, message: str):
+    if not cond:
+        raise UserError(message)
+
+
+def resolve_config(cfg: OneStepConfig) -> OneStepConfig:
+    """Validate the options (UserError naming the fix) and fill in the architecture."""
+    _check(bool(cfg.teacher), "no teacher given; pass --teacher CHECKPOINT (a run directory or "
+                              ".safetensors file)")
+    objective_class(cfg.objective)
+    for name in ("images", "batch", "ckpt_every", "log_every", "eval_every", "r1_interval",
+                 "eval_classifier_steps"):
+        _check(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be positive, got "
+                                       f"{getattr(cfg, name)}")
+    _check(cfg.eval_n == 0 or cfg.eval_n >= 10,
+           f"--eval-n {cfg.eval_n} is too small for the k-NN metrics; use 0 (off) or >= 10")
+    _check(cfg.lr > 0 and cfg.lr_aux > 0, "learning rates must be positive")
+    _check(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas),
+           f"betas {cfg.betas} must be two numbers in [0, 1)")
+    _check(cfg.r1_gamma >= 0, f"--r1-gamma must be >= 0, got {cfg.r1_gamma}")
+    _check(cfg.precond in GEN_PRECONDS, f"unknown generator preconditioning {cfg.precond!r}; "
+                                        f"choose one of {', '.join(GEN_PRECONDS)}")
+    _check(cfg.sigma_cond > 0, f"--sigma-cond must be positive, got {cfg.sigma_cond}")
+    _check(cfg.steps in (1, 2), f"--steps {cfg.steps}: the generator map has 1 or 2 steps")
+    _check(cfg.steps == 1 or 0 < cfg.sigma_mid < cfg.sigma_cond,
+           f"--sigma-mid {cfg.sigma_mid} must lie in (0, {cfg.sigma_cond}) (--sigma-cond)")
+    _check(cfg.divergence in DIVERGENCES, f"unknown divergence {cfg.divergence!r}; choose one "
+                                          f"of {', '.join(DIVERGENCES)}")
+    _check(cfg.disc_features in DISC_FEATURES, f"unknown --disc-features {cfg.disc_features!r}; "
+                                               f"choose one of {', '.join(DISC_FEATURES)}")
+    _check(cfg.disc_sigma > 0, f"--disc-sigma must be positive, got {cfg.disc_sigma}")
+    _check(cfg.ema_halflife is None or cfg.ema_halflife >= 0,
+           f"--ema-halflife must be >= 0 (0 disables the EMA), got {cfg.ema_halflife}")
+    _check((cfg.transfer_from is None) == (cfg.transfer_layers is None),
+           "--transfer-from and --transfer-layers go together; give both or neither")
+    cfg.betas = tuple(cfg.betas)
+    return cfg
+
+
+def _load_teacher(cfg: OneStepConfig, dev) -> Denoiser:
+    teacher = load_network(cfg.teacher, "ema")
+    _check(isinstance(teacher, Denoiser), f"{cfg.teacher}: the one-step trainer needs an "
+                                          f"initprobe or EDM teacher, not a diffusers model")
+    cfg.unet = teacher.cfg.to_dict()
+    return teacher.to(dev).eval().requires_grad_(False)
+
+
+def build_generator(cfg: OneStepConfig, teacher: Denoiser) -> tuple[Denoiser, list[dict]]:
+    """The generator before training and the records of every init op (layers touched)."""
+    transfer = None
+    if cfg.transfer_from is not None:
+        source = load_network(cfg.transfer_from, "ema").to(next(teacher.parameters()).device)
+        transfer = (source, cfg.transfer_layers)
+    gen, records = build_init(teacher, cfg.init, cfg.seed, reinit=cfg.reinit,
+                              shuffle=cfg.shuffle, transfer=transfer,
+                              interpolate=cfg.interpolate, freeze=cfg.freeze)
+    gen.precond = cfg.precond
+    return gen.train(), records
+
+
+def generator_map(cfg: OneStepConfig):
+    """z -> image with the configured one- or two-step map, as a function of the network."""
+    if cfg.steps == 1:
+        return lambda net, z: one_step(net, z, cfg.sigma_cond)
+    return lambda net, z: two_step(net, z, cfg.sigma_mid, cfg.sigma_cond)
+
+
+def _autocast(dev: torch.device):
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def _sample_batches(sample, net, seeds, shape, dev, batch: int = 256):
+    """Generated images for `seeds`, one CPU batch at a time (image i depends on seed i only)."""
+    seeds = list(seeds)
+    for start in range(0, len(seeds), batch):
+        z = latents(seeds[start:start + batch], shape, dev)
+        with _autocast(dev):
+            yield sample(net, z).float().cpu()
+
+
+def _samples(sample, net, seeds, shape, dev) -> torch.Tensor:
+    return torch.cat(list(_sample_batches(sample, net, seeds, shape, dev)))
+
+
+class _Evaluator:
+    """Sample quality of the EMA generator on fixed seeds against the training images, on the
+    cached domain classifier trained for `eval_classifier_steps`."""
+
+    def __init__(self, cfg: OneStepConfig, train, dev):
+        test = load_dataset(cfg.data, cfg.data_path, "test", size=train.shape[-1])
+        fnet, meta = load_or_train(train, test, steps=cfg.eval_classifier_steps, progress=False)
+        self.extractor = Extractor("classifier", fnet.body, weights_hash(fnet), fnet.head,
+                                   meta["num_classes"]).to(dev)
+        self.reference = summarize_data(self.extractor, train)
+        self.cfg, self.shape, self.dev = cfg, train.shape, dev
+
+    def __call__(self, sample, ema) -> dict:
+        batches = _sample_batches(sample, ema, range(self.cfg.eval_n), self.shape, self.dev)
+        return quality_metrics(summarize(self.extractor, batches), self.reference, self.extractor)
+
+
+def _ema_halflife(cfg: OneStepConfig, images_seen: int) -> float:
+    return EMA_RAMPUP * images_seen if cfg.ema_halflife is None else cfg.ema_halflife
+
+
+def _state(step: int, gen, ema, opt, objective) -> dict:
+    """Everything a resumed run needs (the `.state.pt` of a checkpoint)."""
+    return {"net": gen.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+            "aux": objective.aux_state(), "step": step}
+
+
+def _restore(run: RunDir, gen, ema, opt, objective) -> int:
+    """Load the newest checkpoint's state, if any; returns the step to continue from."""
+    if (stem := run.latest()) is None:
+        return 0
+    state = run.load_state(stem)
+    gen.load_state_dict(state["net"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    objective.load_aux_state(state["aux"])
+    return state["step"]
+
+
+def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
+                  progress: bool = True) -> dict:
+    """Train (or resume) a one-step generator in run directory `out`; returns the last record
+    (the final evaluation when there is one)."""
+    cfg = resolve_config(cfg)
+    ddp = Dist()
+    ddp.local_batch(cfg.batch)  # batch must split evenly across ranks
+    dev = pick_device(device)
+    teacher = _load_teacher(cfg, dev)
+    data = load_dataset(cfg.data, cfg.data_path, size=cfg.unet["img_resolution"])
+    _check(data.shape[0] == cfg.unet["in_channels"],
+           f"{cfg.data} has {data.shape[0]} channels but the teacher takes "
+           f"{cfg.unet['in_channels']}; pick the teacher's dataset")
+    gen, records = build_generator(cfg, teacher)
+    frozen = next((r["fraction"] for r in records if r["op"] == "freeze"), 0.0)
+    run = RunDir(out, {"kind": "student", **to_plain(cfg), "init_records": records,
+                       "frozen_fraction": frozen}, resume_ignore=("images",))
+    images = data.images.to(dev)
+    torch.manual_seed(cfg.seed)
+    objective = objective_class(cfg.objective)(teacher, cfg, data.shape, dev)
+    ema = ema_copy(gen)
+    opt = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=cfg.lr,
+                           betas=cfg.betas)
+    step = _restore(run, gen, ema, opt, objective)
+    evaluate = _Evaluator(cfg, data, dev) if ddp.main and cfg.eval_n else None
+    sample = generator_map(cfg)
+    if ddp.main:
+        run.write_config()
+        if step == 0:
+            save_grid(_samples(sample, ema, range(GRID), data.shape, dev), run.samples / "init.png")
+    model = torch.nn.parallel.DistributedDataParallel(gen) if ddp.on else gen
+    total = -(-cfg.images // cfg.batch)
+    meta = dict(kind="student", objective=cfg.objective, init=records, data=cfg.data,
+                seed=cfg.seed, sigma_cond=cfg.sigma_cond, steps=cfg.steps,
+                sigma_mid=cfg.sigma_mid)
+
+    def log_eval(step: int) -> dict:
+        rec = {"kind": "eval", "step": step, "images_seen": step * cfg.batch,
+               **evaluate(sample, ema)}
+        append_jsonl(run.metrics, rec)
+        return rec
+
+    record = log_eval(0) if evaluate and step == 0 else {}
+    bar = tqdm(total=total, initial=step, disable=None if (progress and ddp.main) else True,
+               desc=cfg.objective, unit="step", dynamic_ncols=True)
+    t0, step0 = time.perf_counter(), step
+    while step < total:
+        g = step_generator(cfg.seed, step)
+        idx = ddp.shard(torch.randint(len(images), (cfg.batch,), generator=g))
+        z = ddp.shard(torch.randn(cfg.batch, *data.shape, generator=g)).to(dev)
+        real = images[idx.to(dev)]
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)) + ddp.rank)  # dropout
+        with _autocast(dev):
+            with torch.no_grad():
+                fake = sample(model, z)
+            logs = objective.aux_step(fake, real, step_generator(cfg.seed, step, 1), step)
+            fake = sample(model, z)
+            loss, gen_logs = objective.generator_loss(model, fake, z, real,
+                                                      step_generator(cfg.seed, step, 2), step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        update_ema(ema, gen, cfg.batch, _ema_halflife(cfg, step * cfg.batch))
+        bar.update(1)
+        logs.update(gen_logs)
+        if step % cfg.log_every == 0 or step == total:
+            rate = (step - step0) * cfg.batch / max(time.perf_counter() - t0, 1e-9)
+            record = {"kind": "train", "step": step, "images_seen": step * cfg.batch,
+                      **{k: ddp.mean(v) for k, v in sorted(logs.items())}, "images_per_s": rate}
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in logs.items() if "loss" in k},
+                             "img_s": f"{rate:.0f}"})
+            if ddp.main:
+                append_jsonl(run.metrics, record)
+        if evaluate and (step == total or step * cfg.batch // cfg.eval_every
+                         > (step - 1) * cfg.batch // cfg.eval_every):
+            record = log_eval(step)
+        if ddp.main and (step % cfg.ckpt_every == 0 or step == total):
+            run.save(step, gen, ema, _state(step, gen, ema, opt, objective),
+                     images_seen=step * cfg.batch, **meta)
+        ddp.barrier()
+    bar.close()
+    if ddp.main:
+        save_grid(_samples(sample, ema, range(GRID), data.shape, dev), run.samples / "final.png")
+    return record or (read_jsonl(run.metrics) or [{}])[-1]

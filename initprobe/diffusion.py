@@ -74,7 +74,17 @@ def two_step(net, z: torch.Tensor, sigma_mid: float, sigma_max: float = SIGMA_MA
     return net(x_mid, sigma_mid)
 
 
-SAMPLERS = ("heun", "euler", "two-step", "one-step")
+SAMPLERS = ("heun", "euler", "two-step", "one-step", "generator")
+
+
+def generator(net, z: torch.Tensor) -> torch.Tensor:
+    """The map a student checkpoint was trained as (`net.generator_map`, set by `load_network`
+    from the checkpoint: sigma_cond, steps, sigma_mid); D(80 z; 80) for any other network."""
+    g = getattr(net, "generator_map", {})
+    sigma = g.get("sigma_cond", SIGMA_MAX)
+    if g.get("steps", 1) == 2:
+        return two_step(net, z, g["sigma_mid"], sigma)
+    return one_step(net, z, sigma)
 
 
 @torch.no_grad()
@@ -91,6 +101,8 @@ def generate(net, z: torch.Tensor, sampler: str = "heun", steps: int = 18,
             out.append(two_step(net, zb, sigma_mid))
         elif sampler == "one-step":
             out.append(one_step(net, zb))
+        elif sampler == "generator":
+            out.append(generator(net, zb))
         else:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     return torch.cat(out)

@@ -52,3 +52,13 @@ def test_generate_dispatch_and_latent_seeds():
     for sampler in ("heun", "euler", "two-step", "one-step"):
         out = generate(net, z, sampler, steps=5, batch=2)
         assert out.shape == z.shape and torch.isfinite(out).all()
+
+
+def test_generator_sampler_follows_the_recorded_map():
+    net = Gaussian()
+    z = torch.randn(3, 1, 4, 4)
+    assert torch.allclose(generate(net, z, "generator"), one_step(net, z))
+    net.generator_map = {"sigma_cond": 20.0, "steps": 1}
+    assert torch.allclose(generate(net, z, "generator"), one_step(net, z, 20.0))
+    net.generator_map = {"sigma_cond": 80.0, "steps": 2, "sigma_mid": 0.5}
+    assert torch.allclose(generate(net, z, "generator"), two_step(net, z, 0.5))

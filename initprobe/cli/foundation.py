@@ -63,7 +63,8 @@ def train_teacher_cmd(
 def sample_cmd(
     checkpoint: Path = typer.Argument(..., help="checkpoint file, stem or run directory"),
     out: Path = typer.Option(..., "--out", help="output folder"),
-    sampler: str = typer.Option("heun", help="heun, euler, two-step, one-step"),
+    sampler: str = typer.Option("heun", help="heun, euler, two-step, one-step (D(80 z; 80)), "
+                                "generator (a student's trained one- or two-step map)"),
     steps: int = typer.Option(18, help="steps of heun/euler (Karras grid, rho 7)"),
     sigma_mid: float = typer.Option(2.0, help="intermediate sigma of the two-step map"),
     seeds: str = typer.Option("0-63", help="latent seeds: 0-63 or 0,5,9"),

@@ -78,7 +78,8 @@ def quality_cmd(
     inception_weights: Annotated[Path | None, Opt(help=WEIGHTS_HELP)] = None,
     reference: Annotated[str, Opt(help="data (abs) or a CHECKPOINT whose samples, same seeds, "
                                        "are the reference (rel)")] = "data",
-    sampler: Annotated[str, Opt(help="heun, euler, two-step, one-step")] = "heun",
+    sampler: Annotated[str, Opt(help="heun, euler, two-step, one-step, generator "
+                                     "(a student's trained map)")] = "heun",
     steps: Annotated[int, Opt(help="sampler steps (heun/euler)")] = 18,
     sigma_mid: Annotated[float, Opt(help="two-step intermediate sigma")] = 2.0,
     reference_sampler: Annotated[str | None, Opt(help="sampler of a checkpoint reference "

@@ -94,8 +94,8 @@ def sample_spectra(net, data_power: torch.Tensor, n: int = 512, heun_steps: int 
     per-band mismatch to `data_power`."""
     edges = band_edges(len(data_power))
     records = []
-    for source, steps in (("one-step", 1), ("heun", heun_steps)):
-        freqs, power = mean_spectrum(sample_batches(net, n, source, steps, batch=batch))
+    for source, sampler, steps in (("one-step", "generator", 1), ("heun", "heun", heun_steps)):
+        freqs, power = mean_spectrum(sample_batches(net, n, sampler, steps, batch=batch))
         records += _power_rows(freqs, power, source=source)
         records += [{"source": source, "band": band, "metric": "band_mismatch", "value": v}
                     for band, v in band_error(power, data_power, edges).items()]

@@ -64,7 +64,7 @@ def relfid_sweep(teacher, student, data: Dataset, feature_net: Extractor,
             raise UserError(f"the {name} makes {net.cfg.in_channels}x{net.cfg.img_resolution}^2 "
                             f"images but {data.name} has shape {data.shape}; pick matching data")
     reference = summarize_data(feature_net, data, batch=batch)
-    student_s = summarize_samples(feature_net, student, n, "one-step", batch=batch)
+    student_s = summarize_samples(feature_net, student, n, "generator", batch=batch)
     records = [dict(run="student one-step", sweep="baseline", sampler="one-step", steps=1,
                     sigma_mid=float("nan"), nfe=1, metric="abs_fd",
                     value=distance(student_s, reference))]

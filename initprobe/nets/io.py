@@ -121,6 +121,8 @@ def load_network(path: str | Path, which: str = "ema",
     if missing or unexpected:
         raise UserError(f"{resolve(path)}: weights do not match the recorded architecture "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if meta.get("kind") == "student":
+        net.generator_map = {k: meta[k] for k in ("sigma_cond", "steps", "sigma_mid") if k in meta}
     return net.eval()
 
 

@@ -76,11 +76,11 @@ def test_summary_save_load_roundtrip(classifier, tmp_path):
 def test_data_statistics_are_cached_by_content(classifier, digits, monkeypatch):
     first = summarize_data(classifier, digits, batch=64)
     files = list((cache_dir() / "stats").glob("*.npz"))
-    monkeypatch.setattr(Extractor, "__call__", lambda *a: pytest.fail("cache was not used"))
-    again = summarize_data(classifier, digits, batch=64)
+    with monkeypatch.context() as m:
+        m.setattr(Extractor, "__call__", lambda *a: pytest.fail("cache was not used"))
+        again = summarize_data(classifier, digits, batch=64)
     assert list((cache_dir() / "stats").glob("*.npz")) == files
     np.testing.assert_allclose(again.stats.cov, first.stats.cov, rtol=1e-12)
-    monkeypatch.undo()
     fewer = summarize_data(classifier, digits, n=100)  # n is part of the key
     assert fewer.n == 100 and len(list((cache_dir() / "stats").glob("*.npz"))) == len(files) + 1
 

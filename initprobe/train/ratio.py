@@ -1,0 +1,189 @@
+"""Score-free one-step training with a learned density ratio: objectives `ratio` and `diffratio`.
+
+Estimator. A noise-conditional network d(x_t, sigma) is trained with the logistic loss to tell
+noised student samples (label 1, logit d) from noised real data (label 0):
+
+    L = E[softplus(-d(x_fake + sigma n, sigma))] + E[softplus(d(x_real + sigma n', sigma))],
+
+sigma drawn per example (default EDM's log-normal, ln sigma ~ N(-1.2, 1.2^2)). The minimizer
+satisfies sigmoid(d) = p_s / (p_s + p_d) at every sigma, i.e. d = log p_student_t - log p_data_t,
+so grad_x d = score_student - score_data: the score difference that DMD/VSD obtain from two
+score networks, here without a teacher score.
+
+Generator update (f-divergence family, seed paper 2502.08005; weights *reconstructed*). For
+D_f(p_s || p_d) = E_{p_d}[f(p_s / p_d)] and x = G_theta(z), the pathwise gradient is
+
+    grad_theta D_f = E_z[ f''(u) u * grad_x d(x_t) * dx_t/dtheta ],   u = p_s / p_d = exp(d),
+
+(the term from the student's own score vanishes in expectation). Writing r = exp(-d) = 1/u:
+- reverse KL, f(u) = u log u: f''(u) u = 1, so h = 1;
+- Jensen-Shannon, f(u) = u log u - (1+u) log((1+u)/2): f''(u) u = 1/(1+u) = r/(1+r), so
+  h = sigmoid(-d) (the seed's DiJS; the usual JS factor 1/2 is dropped).
+The surrogate is mean_i h_i d(x_t,i) with h and the estimator held fixed: g = grad_{x_t} of
+sum_i h_i d_i / B is computed by `autograd.grad` with respect to a detached copy of x_t (the
+estimator's parameters never accumulate gradients), and the loss returned to the loop is
+(stopgrad(g) * x_t).sum(), whose gradient reaches the generator through x_t = G(z) + sigma n.
+
+Objectives (see `initprobe.nets.ratio_estimators` for the networks):
+- `ratio` (`ClassRatio`): the estimator is the teacher's encoder + bottleneck with a new head,
+  initialized from the teacher's weights;
+- `diffratio` (`DiffRatio`): the same training with a lightweight, randomly initialized ratio
+  network (default width max(8, teacher width / 4); a few percent of the teacher's parameters);
+  the DiffRatio paper uses reverse KL (`--divergence kl`, the default).
+
+Learning rate: on digits the loop's default `--lr-aux 1e-4` leaves the estimator near chance
+for hundreds of steps while Adam still moves the generator at full step size along its small,
+noisy gradient; `--lr-aux 1e-3` trained both objectives well in 400-step digits runs.
+
+Objective options (`objective_options`): `p_mean`, `p_std` (sigma of the estimator updates),
+`gen_p_mean`, `gen_p_std` (sigma of the generator updates, default the same);
+`diffratio` also `ratio_channels` (base width of the lightweight network).
+Under the loop's bf16 autocast the estimator runs in bf16; logits are cast to float32 before
+the loss and the weights. The estimator's architecture is stored in the objective state
+(`aux_state()["estimator_spec"]`), so a checkpoint's ratio network can be rebuilt without the
+teacher (`load_estimator`).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..nets.ratio_estimators import (
+    EncoderRatio,
+    LiteRatio,
+    RatioEstimator,
+    build_estimator,
+    count_parameters,
+)
+from .auxnet import (
+    SIGMA_OPTIONS,
+    LogNormalSigma,
+    adam,
+    check_options,
+    global_randn,
+    option,
+    sync_gradients,
+)
+from .objectives import Objective
+
+DIVERGENCES = ("kl", "js")
+
+
+def logistic_loss(d_fake: torch.Tensor, d_real: torch.Tensor) -> torch.Tensor:
+    """Fake is class 1 with logit d, real is class 0; minimized by d = log p_fake - log p_real."""
+    return F.softplus(-d_fake).mean() + F.softplus(d_real).mean()
+
+
+def divergence_weight(d: torch.Tensor, divergence: str) -> torch.Tensor:
+    """h(r) with r = exp(-d): 1 for reverse KL, sigmoid(-d) = r / (1 + r) for Jensen-Shannon."""
+    if divergence == "kl":
+        return torch.ones_like(d)
+    if divergence == "js":
+        return torch.sigmoid(-d)
+    raise ValueError(f"unknown divergence {divergence!r}")
+
+
+def _bcast(sigma: torch.Tensor) -> torch.Tensor:
+    return sigma.reshape(-1, 1, 1, 1)
+
+
+class RatioObjective(Objective):
+    """Estimator training and the f-divergence generator update; subclasses pick the network."""
+
+    def __init__(self, estimator: RatioEstimator, teacher, cfg, device,
+                 known_options=SIGMA_OPTIONS):
+        super().__init__()
+        self.teacher_params = count_parameters(teacher)
+        check_options(cfg, known_options, self.name)
+        self.divergence = getattr(cfg, "divergence", "kl")
+        if self.divergence not in DIVERGENCES:
+            raise UserError(f"unknown --divergence {self.divergence!r}; choose kl or js")
+        self.aux_sigma = LogNormalSigma.from_options(cfg)
+        self.gen_sigma = LogNormalSigma.from_options(cfg, prefix="gen_")
+        self.estimator = estimator.to(device).train()
+        self.opt = adam(self.estimator.parameters(), cfg)
+
+    def noised(self, x: torch.Tensor, dist: LogNormalSigma, g: torch.Generator):
+        sigma = dist.sample(len(x), g, x.device)
+        return x + _bcast(sigma) * global_randn(g, tuple(x.shape), x.device), sigma
+
+    def aux_step(self, fake, real, g, step):
+        fake_t, sigma_f = self.noised(fake.detach(), self.aux_sigma, g)
+        real_t, sigma_r = self.noised(real, self.aux_sigma, g)
+        d_fake = self.estimator(fake_t, sigma_f).float()
+        d_real = self.estimator(real_t, sigma_r).float()
+        loss = logistic_loss(d_fake, d_real)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync_gradients(self.estimator)
+        self.opt.step()
+        acc = 0.5 * ((d_fake > 0).float().mean() + (d_real < 0).float().mean())
+        return {"ratio_loss": float(loss.detach()), "d_fake": float(d_fake.detach().mean()),
+                "d_real": float(d_real.detach().mean()), "ratio_acc": float(acc)}
+
+    def generator_loss(self, gen, fake, z, real, g, step):
+        x_t, sigma = self.noised(fake, self.gen_sigma, g)
+        grad, d, h = self.weighted_grad(x_t.detach(), sigma)
+        surrogate = (grad * x_t).sum()
+        return surrogate, {"d_gen": float(d.mean()), "h_mean": float(h.mean()),
+                           "grad_norm": float(grad.flatten(1).norm(dim=1).mean() * len(x_t))}
+
+    def weighted_grad(self, x_t: torch.Tensor, sigma: torch.Tensor):
+        """grad_x of mean_i h_i d(x_t,i) with h held fixed, plus d and h (all detached)."""
+        x = x_t.detach().requires_grad_(True)
+        with torch.enable_grad():
+            d = self.estimator(x, sigma).float()
+            h = divergence_weight(d.detach(), self.divergence)
+            (grad,) = torch.autograd.grad((h * d).sum() / len(x), x)
+        return grad, d.detach(), h
+
+    def optimizers(self):
+        return {"estimator": self.opt}
+
+    def param_ratio(self) -> float:
+        """Estimator parameters as a fraction of the teacher's."""
+        return count_parameters(self.estimator) / self.teacher_params
+
+    def aux_state(self) -> dict:
+        return {**super().aux_state(), "estimator_spec": self.estimator.spec()}
+
+
+class ClassRatio(RatioObjective):
+    """Objective `ratio`: estimator = teacher encoder + bottleneck (teacher weights) + new head."""
+
+    name = "ratio"
+
+    def __init__(self, teacher, cfg, data_shape: tuple, device,
+                 estimator: RatioEstimator | None = None):
+        if estimator is None:
+            estimator = EncoderRatio.from_denoiser(teacher)
+        super().__init__(estimator, teacher, cfg, device)
+
+
+class DiffRatio(RatioObjective):
+    """Objective `diffratio`: a lightweight, randomly initialized ratio network."""
+
+    name = "diffratio"
+
+    def __init__(self, teacher, cfg, data_shape: tuple, device,
+                 estimator: RatioEstimator | None = None):
+        if estimator is None:
+            base = teacher.cfg.model_channels
+            channels = option(cfg, "ratio_channels", max(8, base // 4), int)
+            if channels < 4:
+                raise UserError(f"objective option ratio_channels must be >= 4, got {channels}")
+            c, res, _ = data_shape
+            estimator = LiteRatio(c, res, channels, teacher.cfg.channel_mult)
+        super().__init__(estimator, teacher, cfg, device, SIGMA_OPTIONS + ("ratio_channels",))
+
+
+def load_estimator(aux_state: dict) -> RatioEstimator:
+    """Rebuild a trained estimator from a `ratio`/`diffratio` objective state."""
+    if "estimator_spec" not in aux_state:
+        raise UserError("this checkpoint's objective state holds no ratio estimator; pass a run "
+                        "trained with --objective ratio or diffratio")
+    net = build_estimator(aux_state["estimator_spec"])
+    prefix = "estimator."
+    net.load_state_dict({k[len(prefix):]: v for k, v in aux_state["modules"].items()
+                         if k.startswith(prefix)})
+    return net.eval()

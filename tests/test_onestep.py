@@ -151,3 +151,11 @@ def test_cli_train_and_ablate(teacher, tmp_path):
     res = CliRunner().invoke(app, ["train", *args, "--option", "novalue", "--out",
                                    str(tmp_path / "c")])
     assert res.exit_code != 0 and "KEY=VALUE" in str(res.exception)
+
+
+@pytest.mark.parametrize("objective, expected", [("gan", 1e-4), ("ratio", 1e-3),
+                                                  ("diffratio", 1e-3), ("dmd", 1e-4)])
+def test_auxiliary_learning_rate_defaults_per_objective(teacher, objective, expected):
+    cfg = onestep.resolve_config(config(teacher, objective=objective))
+    assert cfg.lr_aux == expected
+    assert onestep.resolve_config(config(teacher, objective=objective, lr_aux=5e-3)).lr_aux == 5e-3

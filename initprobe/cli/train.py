@@ -76,7 +76,8 @@ def train_cmd(
     batch: int = typer.Option(64, help="global batch size (split over torchrun processes)"),
     seed: int = typer.Option(0, help="random seed (runs are deterministic on CPU)"),
     lr: float = typer.Option(1e-4, help="generator Adam learning rate"),
-    lr_aux: float = typer.Option(1e-4, help="auxiliary networks' learning rate",
+    lr_aux: float = typer.Option(None, help="auxiliary networks' learning rate (default: 1e-4; "
+                                 "1e-3 for ratio and diffratio)",
                                  rich_help_panel=OBJ),
     init: str = typer.Option("teacher", help="teacher or random", rich_help_panel=INIT),
     reinit_layers: str = typer.Option(None, help=f"re-initialize these layers: {SELECTOR}",

@@ -50,6 +50,10 @@ GEN_PRECONDS = ("edm", "edm-eps")
 DIVERGENCES = ("kl", "js")
 DISC_FEATURES = ("teacher", "classifier")
 EMA_RAMPUP = 0.05
+# Auxiliary learning rates: GDD's 1e-4 for the discriminator and DMD's fake score; the class-ratio
+# estimators stay at chance with 1e-4 on digits (the generator then drifts on noise) and train
+# well with 1e-3 (measured in 400-step digits runs; see initprobe/train/ratio.py).
+LR_AUX_DEFAULTS = {"gan": 1e-4, "ratio": 1e-3, "diffratio": 1e-3, "dmd": 1e-4, "cd": 1e-4}
 GRID = 64  # latents of the sample grids
 
 
@@ -62,7 +66,7 @@ class OneStepConfig:
     images: int = 50_000            # budget in images seen
     batch: int = 64                 # global batch
     lr: float = 1e-4                # generator Adam (GDD: 1e-4)
-    lr_aux: float = 1e-4            # auxiliary networks' Adam
+    lr_aux: float | None = None     # auxiliary networks' Adam; None: the objective's default
     betas: tuple[float, float] = (0.0, 0.99)
     seed: int = 0
     # init spec (ablate.ops.build_init)
@@ -111,6 +115,8 @@ def resolve_config(cfg: OneStepConfig) -> OneStepConfig:
                                        f"{getattr(cfg, name)}")
     _check(cfg.eval_n == 0 or cfg.eval_n >= 10,
            f"--eval-n {cfg.eval_n} is too small for the k-NN metrics; use 0 (off) or >= 10")
+    if cfg.lr_aux is None:
+        cfg.lr_aux = LR_AUX_DEFAULTS[cfg.objective]
     _check(cfg.lr > 0 and cfg.lr_aux > 0, "learning rates must be positive")
     _check(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas),
            f"betas {cfg.betas} must be two numbers in [0, 1)")

@@ -51,8 +51,8 @@ class UNetConfig:
 PRESETS: dict[str, dict] = {
     # Tests and the bundled 8x8 digits: seconds on a CPU.
     "tiny": dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4]),
-    # MNIST at 32x32 on a CPU.
-    "small": dict(model_channels=32, channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[8]),
+    # MNIST at 32x32 on a CPU (~110 images/s of training per core here; 32 channels is 3x slower).
+    "small": dict(model_channels=16, channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[8]),
     # EDM's CIFAR-10 DDPM++ network (~56M parameters), for GPUs.
     "cifar": dict(model_channels=128, channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16],
                   dropout=0.13),

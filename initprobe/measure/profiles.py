@@ -4,7 +4,7 @@ fixed noise, and the min-max normalization across sigma.
 - Sigma grid: EDM's 18-level Karras grid plus sigma_max = 80 (already its first level, so the
   union is 18 levels), ascending.
 - Layer selection: `"blocks"` is the last conv of every UNet block (`layers.named_blocks` +
-  `layers.last_conv`: `conv1`, or `proj` in attention blocks; the stem and head convs
+  `layers.last_conv_id`: `conv1`, or `proj` in attention blocks; the stem and head convs
   themselves), `"all"` every named layer, or an explicit list of canonical ids. Always in
   network order (encoder, bottleneck, decoder).
 - Noise: one standard-normal draw per image from a generator seeded with `seed`, reused at every
@@ -22,7 +22,7 @@ from torch import nn
 
 from ..diffusion import SIGMA_MAX, karras_sigmas
 from ..errors import UserError
-from ..nets.layers import last_conv, named_blocks, named_layers, parse
+from ..nets.layers import last_conv_id, named_blocks, named_layers, parse
 from .hooks import modules_by_id
 
 LAYER_SETS = ("blocks", "all")
@@ -38,11 +38,10 @@ def default_sigmas() -> list[float]:
 
 def block_layer_ids(net: nn.Module) -> list[str]:
     """Canonical id of the last conv of every block, in network order; UserError for a block
-    whose last conv is not a named layer (a network `layers.last_conv` does not know)."""
-    id_of = {id(m): name for name, m in named_layers(net).items()}
+    whose last conv is not a named layer (`layers.last_conv_id` finds none)."""
     ids = []
-    for name, block in named_blocks(net).items():
-        conv = id_of.get(id(last_conv(block)))
+    for name in named_blocks(net):
+        conv = last_conv_id(net, name)
         if conv is None:
             raise UserError(f"block {name}: its last conv is not a named layer of this network; "
                             f"use layers 'all' or a list of layer ids")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import pandas as pd
 from torch import nn
 
-from .unet import Conv2d, GroupNorm, Linear, UNet, UNetBlock
+from .unet import Conv2d, GroupNorm, Linear, UNet
 
 GROUPS = ("encoder", "decoder", "bottleneck", "embedding", "stem", "head", "attention", "norm",
           "skip", "conv")
@@ -99,12 +99,15 @@ def named_blocks(net: nn.Module) -> dict[str, nn.Module]:
             for name, m in getattr(u, side).items() if not name.endswith("aux_norm")}
 
 
-def last_conv(block: nn.Module) -> nn.Module:
-    """The last conv of a block: `proj` for attention blocks, else `conv1`; the module itself
-    for the stem and head convs."""
-    if isinstance(block, UNetBlock):
-        return block.proj if block.attention else block.conv1
-    return block
+def last_conv_id(net: nn.Module, block_id: str) -> str | None:
+    """Id of the last conv of a block: `B.proj` in attention blocks, else `B.conv1`; the block
+    itself for the stem and head convs; None if the block has none of these. Works on ids, so on
+    any network that exposes canonical layers (initprobe's UNet, diffusers adapters)."""
+    layers = named_layers(net)
+    for candidate in (f"{block_id}.proj", f"{block_id}.conv1", block_id):
+        if candidate in layers:
+            return candidate
+    return None
 
 
 def lowest_res(net: nn.Module) -> int:

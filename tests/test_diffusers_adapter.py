@@ -234,3 +234,20 @@ def test_probe_and_cka_run_on_a_diffusers_teacher(saved):
     assert all(lid in named_layers(net) for lid in probed)
     diag = cka_diagonal(net, net, images, sigmas=[0.5], batch=8)
     assert np.allclose(diag["value"], 1.0, atol=1e-6)
+
+
+def test_train_a_one_step_student_from_a_diffusers_teacher(tmp_path):
+    from initprobe.train.onestep import OneStepConfig, train_onestep
+    save_unet(tmp_path / "teacher", sample_size=8, in_channels=1, out_channels=1)
+    cfg = OneStepConfig(teacher=str(tmp_path / "teacher"), objective="gan", images=64, batch=16,
+                        eval_n=0, log_every=2)
+    train_onestep(cfg, tmp_path / "run", progress=False)
+    student = load_network(tmp_path / "run")
+    assert isinstance(student, DiffusersDenoiser)
+    assert student.generator_map["sigma_cond"] == 80
+    z = torch.randn(2, 1, 8, 8)
+    assert torch.isfinite(student(80 * z, 80.0)).all()
+    teacher = load_network(tmp_path / "teacher")
+    changed = [k for k, v in student.state_dict().items()
+               if not torch.equal(v, teacher.state_dict()[k])]
+    assert changed  # the GAN steps moved the generator away from the teacher

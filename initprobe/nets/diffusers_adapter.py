@@ -182,6 +182,28 @@ def _check_config(cfg: dict):
             raise UserError(f"UNet2DModel with {what} is not supported")
 
 
+def describe(net: DiffusersDenoiser) -> dict:
+    """What a checkpoint records to rebuild `net` without its source folder."""
+    return {"unet": dict(net.unet.config), "scheduler": net.scheduler_config,
+            "schedule_source": net.schedule_source}
+
+
+def from_description(desc: dict) -> DiffusersDenoiser:
+    """A freshly initialized adapter with a recorded architecture and schedule (`describe`)."""
+    try:
+        from diffusers import DDPMScheduler, UNet2DModel
+    except ImportError:
+        raise UserError("this checkpoint holds a diffusers network; pip install "
+                        "'initprobe[diffusers]'") from None
+    sched = desc["scheduler"]
+    unet = UNet2DModel.from_config({k: v for k, v in desc["unet"].items()
+                                    if not k.startswith("_")})
+    net = DiffusersDenoiser(unet.float(), DDPMScheduler.from_config(sched).alphas_cumprod,
+                            sched.get("prediction_type", "epsilon"), desc["schedule_source"])
+    net.scheduler_config = sched
+    return net
+
+
 def load_diffusers_unet(path: str | Path) -> DiffusersDenoiser:
     """Load a UNet2DModel folder (or a pipeline folder with `unet/`) as a teacher denoiser."""
     folder = diffusers_dir(path)
@@ -215,6 +237,7 @@ def load_diffusers_unet(path: str | Path) -> DiffusersDenoiser:
                                 sched.get("prediction_type", "epsilon"), source)
     except UserError as e:
         raise UserError(f"{folder}: {e}") from None
+    net.scheduler_config = sched
     covered = set(net.layer_paths.values())
     for name, m in unet.named_modules():
         if any(True for _ in m.parameters(recurse=False)) and name not in covered:

@@ -21,7 +21,13 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..runio import atomic_save, atomic_write_json
-from .diffusers_adapter import DiffusersDenoiser, diffusers_dir, load_diffusers_unet
+from .diffusers_adapter import (
+    DiffusersDenoiser,
+    describe,
+    diffusers_dir,
+    from_description,
+    load_diffusers_unet,
+)
 from .edm_pickle import load_edm_pickle
 from .precond import Denoiser
 from .unet import UNetConfig
@@ -39,9 +45,9 @@ def save_checkpoint(stem: str | Path, net: Denoiser, ema: Denoiser | None = None
                         for k, v in ema.state_dict().items()})
     st = stem.with_suffix(".safetensors")
     atomic_save(st, lambda tmp: save_file(tensors, tmp))
-    atomic_write_json(stem.with_suffix(".json"),
-                      {"format": FORMAT, "unet": net.cfg.to_dict(), "precond": net.precond,
-                       **meta})
+    arch = ({"diffusers": describe(net)} if isinstance(net, DiffusersDenoiser)
+            else {"unet": net.cfg.to_dict(), "precond": net.precond})
+    atomic_write_json(stem.with_suffix(".json"), {"format": FORMAT, **arch, **meta})
     return st
 
 
@@ -91,8 +97,10 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
                         f"re-create the checkpoint") from None
 
 
-def build(meta: dict) -> Denoiser:
+def build(meta: dict) -> Denoiser | DiffusersDenoiser:
     """A freshly initialized network with the architecture recorded in `meta`."""
+    if "diffusers" in meta:
+        return from_description(meta["diffusers"])
     return Denoiser(UNetConfig(**meta["unet"]), precond=meta.get("precond", "edm"))
 
 

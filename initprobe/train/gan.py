@@ -15,6 +15,7 @@ across ranks before each step (`auxnet.sync_gradients`).
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..data import load_dataset
 from ..measure.features import load_or_train
@@ -68,7 +69,9 @@ class GAN(Objective):
         logs = {}
         if regularize:
             real = real.detach().float().requires_grad_(True)
-            with torch.autocast(real.device.type, enabled=False):
+            # R1 differentiates twice; fused attention kernels (diffusers feature networks) have
+            # no second derivative, so this pass uses the plain math implementation.
+            with torch.autocast(real.device.type, enabled=False), sdpa_kernel(SDPBackend.MATH):
                 real_logits = self.disc(real)
                 r1 = r1_penalty(real_logits, real)
             logs["r1"] = float(r1.detach())

@@ -39,6 +39,7 @@ from ..errors import UserError
 from ..measure.extractors import Extractor, weights_hash
 from ..measure.features import load_or_train
 from ..measure.quality import quality_metrics, summarize, summarize_data
+from ..nets.diffusers_adapter import DiffusersDenoiser, describe
 from ..nets.io import ema_copy, load_network
 from ..nets.precond import Denoiser
 from ..report.images import save_grid
@@ -140,15 +141,19 @@ def resolve_config(cfg: OneStepConfig) -> OneStepConfig:
     return cfg
 
 
-def _load_teacher(cfg: OneStepConfig, dev) -> Denoiser:
+def _load_teacher(cfg: OneStepConfig, dev) -> Denoiser | DiffusersDenoiser:
+    """The frozen teacher; a diffusers teacher keeps its own noise convention, so the generator
+    copied from it does too (`precond` is recorded as `diffusers`)."""
     teacher = load_network(cfg.teacher, "ema")
-    _check(isinstance(teacher, Denoiser), f"{cfg.teacher}: the one-step trainer needs an "
-                                          f"initprobe or EDM teacher, not a diffusers model")
-    cfg.unet = teacher.cfg.to_dict()
+    if isinstance(teacher, DiffusersDenoiser):
+        cfg.unet, cfg.precond = describe(teacher)["unet"], "diffusers"
+    else:
+        cfg.unet = teacher.cfg.to_dict()
     return teacher.to(dev).eval().requires_grad_(False)
 
 
-def build_generator(cfg: OneStepConfig, teacher: Denoiser) -> tuple[Denoiser, list[dict]]:
+def build_generator(cfg: OneStepConfig, teacher: Denoiser | DiffusersDenoiser) -> tuple[
+        Denoiser | DiffusersDenoiser, list[dict]]:
     """The generator before training and the records of every init op (layers touched)."""
     transfer = None
     if cfg.transfer_from is not None:
@@ -157,7 +162,8 @@ def build_generator(cfg: OneStepConfig, teacher: Denoiser) -> tuple[Denoiser, li
     gen, records = build_init(teacher, cfg.init, cfg.seed, reinit=cfg.reinit,
                               shuffle=cfg.shuffle, transfer=transfer,
                               interpolate=cfg.interpolate, freeze=cfg.freeze)
-    gen.precond = cfg.precond
+    if isinstance(gen, Denoiser):
+        gen.precond = cfg.precond
     return gen.train(), records
 
 
@@ -236,10 +242,10 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
     ddp.local_batch(cfg.batch)  # batch must split evenly across ranks
     dev = pick_device(device)
     teacher = _load_teacher(cfg, dev)
-    data = load_dataset(cfg.data, cfg.data_path, size=cfg.unet["img_resolution"])
-    _check(data.shape[0] == cfg.unet["in_channels"],
+    data = load_dataset(cfg.data, cfg.data_path, size=teacher.cfg.img_resolution)
+    _check(data.shape[0] == teacher.cfg.in_channels,
            f"{cfg.data} has {data.shape[0]} channels but the teacher takes "
-           f"{cfg.unet['in_channels']}; pick the teacher's dataset")
+           f"{teacher.cfg.in_channels}; pick the teacher's dataset")
     gen, records = build_generator(cfg, teacher)
     frozen = next((r["fraction"] for r in records if r["op"] == "freeze"), 0.0)
     run = RunDir(out, {"kind": "student", **to_plain(cfg), "init_records": records,

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..nets.precond import Denoiser
 from ..nets.ratio_estimators import (
     EncoderRatio,
     LiteRatio,
@@ -148,6 +149,12 @@ class RatioObjective(Objective):
         return {**super().aux_state(), "estimator_spec": self.estimator.spec()}
 
 
+def _needs_unet(teacher, name: str):
+    if not isinstance(teacher, Denoiser):
+        raise UserError(f"objective {name} builds its estimator from initprobe's UNet layout; use "
+                        f"an initprobe or EDM teacher, or the objective gan, dmd or cd")
+
+
 class ClassRatio(RatioObjective):
     """Objective `ratio`: estimator = teacher encoder + bottleneck (teacher weights) + new head."""
 
@@ -156,6 +163,7 @@ class ClassRatio(RatioObjective):
     def __init__(self, teacher, cfg, data_shape: tuple, device,
                  estimator: RatioEstimator | None = None):
         if estimator is None:
+            _needs_unet(teacher, self.name)
             estimator = EncoderRatio.from_denoiser(teacher)
         super().__init__(estimator, teacher, cfg, device)
 
@@ -168,6 +176,7 @@ class DiffRatio(RatioObjective):
     def __init__(self, teacher, cfg, data_shape: tuple, device,
                  estimator: RatioEstimator | None = None):
         if estimator is None:
+            _needs_unet(teacher, self.name)
             base = teacher.cfg.model_channels
             channels = option(cfg, "ratio_channels", max(8, base // 4), int)
             if channels < 4:

@@ -1,0 +1,226 @@
+"""The figures of a study, drawn from its measurement tables (`measures`), one PNG per
+measurement that has a figure, named `<study>-<measurement>.png`.
+
+`FIGURES[measurement]` = (draw, caption): `draw(tables, path, first_seed)` writes the PNG from the
+study's tables (name -> DataFrame); existing drawing functions of `initprobe.report.figures` are
+reused where the table fits them. Sample grids of the runs (first seed) are copied next to them.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from ..report.figures import _save_png, band_error_figure, layer_sigma_heatmap, relfid_figure
+from ..runio import atomic_write_bytes
+
+
+def _panels(n: int, width: float = 4.6, height: float = 3.6) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width * n, height), layout="constrained")
+    return fig, list(fig.subplots(1, n, squeeze=False)[0])
+
+
+def _metric(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return df[(df["metric"] == metric) & df["x"].isna()]
+
+
+def _group_order(df: pd.DataFrame) -> list[str]:
+    return list(pd.unique(df["group"]))
+
+
+def _strip(ax, df: pd.DataFrame, order: list[str], log: bool = False) -> None:
+    """Mean bar with the per-seed values as points, one column per group."""
+    import seaborn as sns
+    sns.barplot(df, x="group", y="value", order=order, errorbar=None, color="#bcd", ax=ax)
+    sns.stripplot(df, x="group", y="value", order=order, color="k", size=4, ax=ax)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", labelrotation=40, labelsize=7)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+
+
+def quality_figure(tables: dict, path: Path, first_seed: int) -> Path:
+    """Learning curves of fd_classifier vs images seen (mean and sd over seeds); final
+    fd_classifier per run (teacher baselines dashed); final precision, recall and coverage."""
+    import seaborn as sns
+    final, curves = tables["quality"], tables["curves"]
+    order = _group_order(final)
+    fig, (ax_c, ax_f, ax_p) = _panels(3)
+    c = curves[curves["metric"] == "fd_classifier"]
+    sns.lineplot(c, x="x", y="value", hue="group", hue_order=order, errorbar="sd", marker="o",
+                 ax=ax_c)
+    ax_c.set_yscale("log")
+    ax_c.set_xlabel("images seen")
+    ax_c.set_ylabel("fd_classifier (lower is better)")
+    ax_c.legend(fontsize=7)
+    _strip(ax_f, _metric(final, "fd_classifier"), order, log=True)
+    ax_f.set_ylabel("final fd_classifier")
+    if "baseline" in tables:
+        base = _metric(tables["baseline"], "fd_classifier")
+        for (group, v), style in zip(base.groupby("group")["value"].mean().items(), ("--", ":")):
+            ax_f.axhline(v, color="firebrick", linestyle=style, label=group)
+        ax_f.legend(fontsize=7)
+    pr = final[final["metric"].isin(["precision", "recall", "coverage"])]
+    sns.barplot(pr, x="group", y="value", hue="metric", order=order, errorbar="sd", ax=ax_p)
+    ax_p.set_ylim(0, 1.05)
+    ax_p.set_xlabel("")
+    ax_p.tick_params(axis="x", labelrotation=40, labelsize=7)
+    ax_p.legend(fontsize=7)
+    return _save_png(fig, path)
+
+
+def memory_figure(tables: dict, path: Path, first_seed: int) -> Path:
+    """Peak tensor memory of a few training steps per run."""
+    d = tables["memory"]
+    fig, (ax,) = _panels(1)
+    _strip(ax, d, _group_order(d))
+    ax.set_ylabel("peak tensor memory (MiB)")
+    return _save_png(fig, path)
+
+
+def cka_figure(tables: dict, path: Path, first_seed: int) -> Path:
+    """Left: matched-layer CKA to the teacher before and after training per run; right: final
+    fd_classifier against CKA after training (group means, sd bars)."""
+    import seaborn as sns
+    d = tables["cka"]
+    order = _group_order(d)
+    fig, (ax_b, ax_s) = _panels(2, width=5.5)
+    sns.barplot(d, x="group", y="value", hue="metric", order=order, errorbar="sd", ax=ax_b)
+    ax_b.set_ylim(0, 1.05)
+    ax_b.set_ylabel("matched-layer CKA to the teacher")
+    ax_b.set_xlabel("")
+    ax_b.tick_params(axis="x", labelrotation=40, labelsize=7)
+    if "quality" in tables:
+        fd = _metric(tables["quality"], "fd_classifier").groupby("group")["value"]
+        after = d[d["metric"] == "cka_after"].groupby("group")["value"]
+        colors = colormaps["tab10"](np.arange(len(order)) % 10)
+        for color, g in zip(colors, order):
+            ax_s.errorbar(after.mean()[g], fd.mean()[g], xerr=after.std()[g], yerr=fd.std()[g],
+                          fmt="o", color=color, label=g, capsize=2)
+        ax_s.set_yscale("log")
+        ax_s.set_xlabel("CKA to the teacher after training")
+        ax_s.set_ylabel("final fd_classifier")
+        ax_s.legend(fontsize=6)
+    return _save_png(fig, path)
+
+
+def _first_seed(df: pd.DataFrame, first_seed: int) -> pd.DataFrame:
+    return df[df["seed"].isna() | (df["seed"] == first_seed)]
+
+
+def activations_figure(tables: dict, path: Path, first_seed: int) -> Path:
+    """The activation-vs-sigma heatmap (min-max per layer) of the teacher and of each run."""
+    d = _first_seed(tables["activation-profiles"], first_seed)
+    return layer_sigma_heatmap(d, path, title=f"mean |activation|, min-max per layer "
+                                              f"(runs: seed {first_seed})")
+
+
+def probe_figure(tables: dict, path: Path, first_seed: int) -> Path:
+    d = _first_seed(tables["probe-profiles"], first_seed)
+    return layer_sigma_heatmap(d, path, title=f"teacher: mean |activation| vs sigma, min-max "
+                                              f"per layer (noise seed {first_seed})")
+
+
+def relfid_study_figure(tables: dict, path: Path, first_seed: int) -> Path:
+    return relfid_figure(tables["relfid-sweep"], path)
+
+
+def spectra_figure(tables: dict, path: Path, first_seed: int) -> Path:
+    """Left: radial power spectra of the data and of each run's one-step samples at init and
+    after training (first seed); right: the teacher's denoiser output per sigma."""
+    d = tables["spectra-detail"]
+    power = d[d["metric"] == "power"]
+    data = power[power["run"] == "data"]
+    fig, (ax_s, ax_d) = _panels(2, width=5.2)
+    ax_s.plot(data["freq"], data["value"], "k--", label="data")
+    samples = power[(power["source"] == "one-step") & (power["seed"] == first_seed)]
+    for run, g in samples.groupby("run", sort=False):
+        ax_s.plot(g["freq"], g["value"], marker=".", label=run,
+                  linestyle=":" if run.endswith("@init") else "-")
+    ax_s.set_title("one-step samples")
+    ax_s.legend(fontsize=7)
+    den = power[(power["run"] == "teacher") & (power["source"] == "denoised")]
+    norm = LogNorm(den["sigma"].min(), den["sigma"].max())
+    for sigma, g in den.groupby("sigma"):
+        ax_d.plot(g["freq"], g["value"], color=colormaps["viridis"](norm(sigma)), linewidth=1)
+    ax_d.plot(data["freq"], data["value"], "k--", label="data")
+    ax_d.set_title("teacher: D(x + sigma n; sigma), color = sigma")
+    fig.colorbar(ScalarMappable(norm, "viridis"), ax=ax_d, label="sigma")
+    for ax in (ax_s, ax_d):
+        ax.set_yscale("log")
+        ax.set_xlabel("frequency (cycles / pixel)")
+    ax_s.set_ylabel("power per pixel")
+    return _save_png(fig, path)
+
+
+def bands_figure(tables: dict, path: Path, first_seed: int) -> Path:
+    d = tables["spectra-detail"]
+    return band_error_figure(d[d["metric"].isin(["rel_error", "band_mismatch"])], path)
+
+
+def best_of_k_figure(tables: dict, path: Path, first_seed: int) -> Path:
+    """fd_classifier and coverage against K for best-of-K and importance resampling (mean and
+    sd over the runs' seeds)."""
+    import seaborn as sns
+    d = tables["best_of_k"]
+    fig, axes = _panels(2)
+    for ax, metric in zip(axes, ("fd_classifier", "coverage")):
+        sns.lineplot(d[d["metric"] == metric], x="x", y="value", hue="group", errorbar="sd",
+                     marker="o", ax=ax)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("K (candidates per output / pool factor)")
+        ax.set_ylabel(metric)
+    return _save_png(fig, path)
+
+
+# measurement -> [(file suffix, draw, caption)]
+FIGURES = {
+    "quality": [("quality", quality_figure, "learning curves (fd_classifier vs images seen, "
+                 "mean and sd over seeds), final fd_classifier per run with the teacher's own "
+                 "one-step and Heun outputs as dashed lines where measured, and final "
+                 "precision / recall / coverage")],
+    "memory": [("memory", memory_figure, "peak tensor memory of a few training steps per run")],
+    "cka": [("cka", cka_figure, "matched-layer CKA to the teacher before and after training, "
+             "and final fd_classifier against CKA after training")],
+    "activations": [("activations", activations_figure, "activation-vs-sigma profiles "
+                     "(min-max per layer) of the teacher and of each trained run")],
+    "relfid": [("relfid", relfid_study_figure, "abs (to data) and rel (to the one-step "
+                "student) Frechet distance of the teacher's N-step and two-step samplers")],
+    "probe": [("probe", probe_figure, "the teacher's layer activation vs noise level heatmap")],
+    "spectra": [("spectra", spectra_figure, "radial power spectra of data, of one-step samples "
+                 "at init and after training, and of the teacher's denoiser per sigma"),
+                ("bands", bands_figure, "the teacher denoiser's error per frequency band vs "
+                 "sigma, and the samples' spectral mismatch per band")],
+    "best_of_k": [("best_of_k", best_of_k_figure, "quality against K for best-of-K and "
+                   "importance resampling with the ratio estimator")],
+}
+
+
+def figure_files(study) -> list[tuple[str, str]]:
+    """(file name, caption) of every figure of a study."""
+    return [(f"{study.stem}-{suffix}.png", caption) for name in study.measure
+            for suffix, _, caption in FIGURES.get(name, [])]
+
+
+def draw_study(study, tables: dict, folder: Path, only_missing: bool) -> list[Path]:
+    """Draw the study's figures into `folder` (skipping existing files if `only_missing`)."""
+    written = []
+    for name in study.measure:
+        for suffix, draw, _ in FIGURES.get(name, []):
+            path = Path(folder) / f"{study.stem}-{suffix}.png"
+            if not (only_missing and path.exists()):
+                written.append(draw(tables, path, study.seeds[0]))
+    return written
+
+
+def copy_samples(grids: dict[str, Path], folder: Path) -> None:
+    """Copy sample grids (name -> PNG) into `folder/samples/<name>.png`."""
+    for name, src in grids.items():
+        if src.exists():
+            atomic_write_bytes(Path(folder) / "samples" / f"{name}.png", src.read_bytes())

@@ -1,0 +1,277 @@
+"""The measurements a study can ask for (`[measure.<name>]`), each built on the library's own
+analysis functions and returning long-form tables.
+
+Each measurement returns `{name: main table, ...details}`. The main table, under the
+measurement's own name, is what verdict rules read: columns group, seed, x (a sweep position or
+empty), metric, value. Details (other names) keep the full analysis tables for figures.
+
+Measurements (main-table groups: metrics):
+- `quality` (each run label: the last evaluation of each run: fd_classifier, precision, recall,
+  coverage, classes_covered, ...); detail `curves`: every evaluation against images seen;
+- `baseline` (`teacher one-step`, `teacher heun`: the same metrics for the teacher's own
+  D(80 z; 80) and its Heun sampler, same seeds and classifier as the runs);
+- `cka` (each run label: `cka_before`, `cka_after`, matched-layer linear CKA to the teacher,
+  mean over the blocks' last convs and `sigmas`, of the run's initial and trained network);
+- `activations` (each run label: `act_profile_corr`, the Pearson correlation across sigma of
+  the run's min-max activation profile with the teacher's, mean over layers);
+- `relfid` (`<sampler> steps` at x = N, `two-step sigma_mid` at x = sigma_mid, `student
+  one-step`, `teacher one-step`: `abs_fd`, `rel_fd` of `relfid_sweep` against each seed's
+  student of run `arm`);
+- `probe` (`teacher`: `peak_range_decades`, log10 of the largest over the smallest sigma at
+  which a layer's activation peaks, and `distinct_peaks`; the study's seeds are noise seeds);
+- `spectra` (each run label and `<label>@init`: `band_mismatch_{low,mid,high,mean}` of its
+  one-step samples against the data spectrum);
+- `memory` (each run label: `peak_memory_mib` of a few training steps, `memory.peak_bytes`);
+- `best_of_k` (`best-of-K`, `resample-K` at x = K: quality of best-of-K and importance-resampled
+  samples scored by run `arm`'s ratio estimator).
+"""
+
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..diffusion import generate, latents
+from ..errors import UserError
+from ..measure.activations import probe_activations, probe_many
+from ..measure.frequency import denoiser_spectra, mean_spectrum
+from ..measure.quality import quality_metrics, sample_batches, summarize, summarize_samples
+from ..measure.relfid import relfid_sweep
+from ..measure.similarity import cka_diagonal
+from ..measure.spectrum import band_edges, band_error
+from ..nets.io import latest_checkpoint
+from ..runio import read_jsonl
+from ..train.onestep import train_onestep
+from ..train.ratio import load_estimator
+from ..train.verifier import importance_resample, ratio_logits
+from .memory import peak_bytes
+
+QUALITY = ("fd_classifier", "kid_classifier", "precision", "recall", "density", "coverage",
+           "classes_covered", "class_entropy", "class_kl_uniform")
+BANDS = ("low", "mid", "high")
+COLUMNS = ["group", "seed", "x", "metric", "value"]
+
+
+def rows(group: str, seed, values: dict, x: float = math.nan) -> list[dict]:
+    return [{"group": group, "seed": seed, "x": x, "metric": k, "value": float(v)}
+            for k, v in values.items()]
+
+
+def table(records: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame.from_records(records, columns=COLUMNS)
+
+
+def _quality_values(record: dict) -> dict:
+    return {k: record[k] for k in QUALITY if k in record}
+
+
+def quality(sr, opts) -> dict[str, pd.DataFrame]:
+    finals, curves = [], []
+    for label, seed, _ in sr.items():
+        evals = {r["images_seen"]: r for r in read_jsonl(sr.dir(label, seed) / "metrics.jsonl")
+                 if r.get("kind") == "eval"}
+        if not evals:
+            raise UserError(f"{sr.dir(label, seed)}: the run has no evaluation; set the "
+                            f"profile's student.eval_n > 0")
+        for seen, r in sorted(evals.items()):
+            curves += rows(label, seed, _quality_values(r), x=seen)
+        finals += rows(label, seed, _quality_values(evals[max(evals)]))
+    return {"quality": table(finals), "curves": table(curves)}
+
+
+def baseline(sr, opts) -> dict[str, pd.DataFrame]:
+    ws = sr.ws
+    extractor, reference = ws.quality_reference
+    n = ws.profile.measure["n"]
+    records = []
+    for group, sampler in (("teacher one-step", "one-step"), ("teacher heun", "heun")):
+        s = summarize_samples(extractor, ws.teacher_net, n, sampler, int(opts["heun_steps"]))
+        records += rows(group, math.nan, _quality_values(quality_metrics(s, reference,
+                                                                         extractor)))
+    return {"baseline": table(records)}
+
+
+def cka(sr, opts) -> dict[str, pd.DataFrame]:
+    ws = sr.ws
+    images, records, detail = ws.real_images(), [], []
+    for label, seed, cfg in sr.items():
+        for stage, net in (("before", ws.init_network(cfg)),
+                           ("after", ws.network(sr.dir(label, seed)))):
+            df = cka_diagonal(ws.teacher_net, net, images, opts["sigmas"], kernel=opts["kernel"],
+                              batch=128, run=f"teacher vs {label}")
+            detail.append(df.assign(group=label, seed=seed, stage=stage))
+            records += rows(label, seed, {f"cka_{stage}": df["value"].mean()})
+    return {"cka": table(records), "cka-layers": pd.concat(detail, ignore_index=True)}
+
+
+def profile_correlation(profiles: pd.DataFrame, run: str, reference: str) -> float:
+    """Mean over layers of the Pearson correlation across sigma of two runs' min-max profiles
+    (layers whose profile is constant in either run are left out)."""
+    d = profiles[profiles["metric"] == "minmax"]
+    wide = d.pivot_table(index=["layer", "sigma"], columns="run", values="value")
+    corrs = [g[run].corr(g[reference]) for _, g in wide.groupby(level="layer")]
+    return float(np.nanmean(corrs)) if not all(np.isnan(corrs)) else math.nan
+
+
+def activations(sr, opts) -> dict[str, pd.DataFrame]:
+    ws = sr.ws
+    images, records, detail = ws.real_images(), [], []
+    teacher = probe_many({"teacher": ws.teacher_net}, images, stat=opts["stat"])
+    detail.append(teacher.assign(seed=math.nan))
+    for label, seed, _ in sr.items():
+        df = probe_many({label: ws.network(sr.dir(label, seed))}, images, stat=opts["stat"])
+        both = pd.concat([teacher, df], ignore_index=True)
+        records += rows(label, seed, {"act_profile_corr": profile_correlation(both, label,
+                                                                              "teacher")})
+        detail.append(df.assign(seed=seed))
+    return {"activations": table(records),
+            "activation-profiles": pd.concat(detail, ignore_index=True)}
+
+
+def relfid(sr, opts) -> dict[str, pd.DataFrame]:
+    ws = sr.ws
+    extractor, _ = ws.quality_reference
+    steps, mids = [int(s) for s in opts["steps"]], [float(m) for m in opts["sigma_mid"]]
+    records, detail = [], []
+    for seed in sr.study.seeds:
+        student = ws.network(sr.dir(opts["arm"], seed))
+        df = relfid_sweep(ws.teacher_net, student, ws.data, extractor, steps, mids,
+                          ws.profile.measure["n"], step_sampler=opts["sampler"])
+        detail.append(df.assign(seed=seed))
+        for r in df.itertuples():
+            group = {"steps": f"{opts['sampler']} steps", "sigma_mid": "two-step sigma_mid",
+                     "baseline": r.run}[r.sweep]
+            x = {"steps": r.steps, "sigma_mid": r.sigma_mid}.get(r.sweep, math.nan)
+            records += rows(group, seed, {r.metric: r.value}, x=float(x))
+    return {"relfid": table(records), "relfid-sweep": pd.concat(detail, ignore_index=True)}
+
+
+def peak_sigmas(profile: pd.DataFrame, stat: str) -> pd.Series:
+    """The sigma at which each layer's `stat` is largest."""
+    d = profile[profile["metric"] == stat]
+    return d.loc[d.groupby("layer", sort=False)["value"].idxmax()].set_index("layer")["sigma"]
+
+
+def probe(sr, opts) -> dict[str, pd.DataFrame]:
+    ws = sr.ws
+    records, detail = [], []
+    for seed in sr.study.seeds:
+        df = probe_activations(ws.teacher_net, ws.real_images(), stat=opts["stat"], seed=seed)
+        detail.append(df.assign(run="teacher"))
+        peaks = peak_sigmas(df, opts["stat"]).astype(float)
+        records += rows("teacher", seed, {
+            "peak_range_decades": math.log10(peaks.max() / peaks.min()),
+            "distinct_peaks": peaks.nunique()})
+    return {"probe": table(records), "probe-profiles": pd.concat(detail, ignore_index=True)}
+
+
+def spectra(sr, opts) -> dict[str, pd.DataFrame]:
+    ws = sr.ws
+    images, n = ws.real_images(), ws.profile.measure["n"]
+    freqs, data_power = mean_spectrum(images.split(256))
+    edges = band_edges(len(freqs))
+    detail = [pd.DataFrame({"run": "data", "source": "data", "freq": freqs.numpy(),
+                            "metric": "power", "value": data_power.numpy()}),
+              denoiser_spectra(ws.teacher_net, images, run="teacher")]
+    records = []
+    for label, seed, cfg in sr.items():
+        for group, net in ((f"{label}@init", ws.init_network(cfg)),
+                           (label, ws.network(sr.dir(label, seed)))):
+            _, power = mean_spectrum(sample_batches(net, n, "generator"))
+            mismatch = band_error(power, data_power, edges)
+            values = {f"band_mismatch_{b}": mismatch[b] for b in BANDS}
+            records += rows(group, seed, {**values, "band_mismatch_mean":
+                                          float(np.mean(list(values.values())))})
+            detail.append(pd.DataFrame({"run": group, "seed": seed, "source": "one-step",
+                                        "freq": freqs.numpy(), "metric": "power",
+                                        "value": power.numpy()}))
+            detail.append(pd.DataFrame({"run": group, "seed": seed, "source": "one-step",
+                                        "band": list(mismatch), "metric": "band_mismatch",
+                                        "value": list(mismatch.values())}))
+    return {"spectra": table(records), "spectra-detail": pd.concat(detail, ignore_index=True)}
+
+
+def memory(sr, opts) -> dict[str, pd.DataFrame]:
+    ws = sr.ws
+    records = []
+    for label, run in sr.study.runs.items():
+        cfg = ws.student_config(run, images=1, seed=sr.study.seeds[0])
+        cfg = replace(cfg, images=cfg.batch * int(opts["steps"]), eval_n=0, ckpt_every=10**9,
+                      log_every=10**9)
+        with tempfile.TemporaryDirectory(dir=ws.root) as out:
+            peak = peak_bytes(lambda c=cfg, o=out: train_onestep(c, o, str(ws.device), False),
+                              ws.device)
+        records += rows(label, math.nan, {"peak_memory_mib": peak / 2**20})
+    return {"memory": table(records)}
+
+
+def _ratio_estimator(run_dir, device):
+    stem = latest_checkpoint(run_dir)
+    state = torch.load(stem.with_suffix(".state.pt"), map_location="cpu", weights_only=True)
+    return load_estimator(state["aux"]).to(device)
+
+
+def best_of_k(sr, opts) -> dict[str, pd.DataFrame]:
+    ws = sr.ws
+    extractor, reference = ws.quality_reference
+    ks, n, sigma = sorted({int(k) for k in opts["k"]}), ws.profile.measure["n"], opts["sigma"]
+    records = []
+    for seed in sr.study.seeds:
+        run = sr.dir(opts["arm"], seed)
+        gen, estimator = ws.network(run), _ratio_estimator(run, ws.device)
+        shape = ws.data.shape
+        x = generate(gen, latents(range(n * ks[-1]), shape, ws.device), "generator")
+        d = ratio_logits(estimator, x, sigma).reshape(n, ks[-1])
+        x = x.reshape(n, ks[-1], *shape)
+
+        def score(images):
+            return _quality_values(quality_metrics(summarize(extractor, images.split(256)),
+                                                   reference, extractor))
+        for k in ks:
+            best = x[torch.arange(n), d[:, :k].argmin(dim=1)]
+            pool = x[:, :k].reshape(n * k, *shape)
+            chosen, _, _ = importance_resample(pool, estimator, sigma, n,
+                                               torch.Generator().manual_seed(seed))
+            records += rows("best-of-K", seed, score(best), x=k)
+            records += rows("resample-K", seed, score(chosen), x=k)
+    return {"best_of_k": table(records)}
+
+
+def _labels(study, opts) -> set[str]:
+    return set(study.runs)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    compute: Callable   # (StudyRuns, options) -> {name: table}
+    options: dict       # option -> default (its type is the option's type)
+    metrics: tuple[str, ...]
+    groups: Callable    # (Study, options) -> group names of the main table
+    needs_runs: bool = True
+
+
+MEASUREMENTS = {
+    "quality": Measurement(quality, {}, QUALITY, _labels),
+    "baseline": Measurement(baseline, {"heun_steps": 18}, QUALITY,
+                            lambda s, o: {"teacher one-step", "teacher heun"}, False),
+    "cka": Measurement(cka, {"sigmas": [0.05, 0.5, 5.0], "kernel": "linear"},
+                       ("cka_before", "cka_after"), _labels),
+    "activations": Measurement(activations, {"stat": "mean_abs"}, ("act_profile_corr",),
+                               _labels),
+    "relfid": Measurement(relfid, {"arm": "", "steps": [3, 4, 6, 8, 10],
+                                   "sigma_mid": [0.2, 0.5, 0.8, 2.0, 5.0], "sampler": "heun"},
+                          ("abs_fd", "rel_fd"),
+                          lambda s, o: {f"{o['sampler']} steps", "two-step sigma_mid",
+                                        "student one-step", "teacher one-step"}),
+    "probe": Measurement(probe, {"stat": "mean_abs"}, ("peak_range_decades", "distinct_peaks"),
+                         lambda s, o: {"teacher"}, False),
+    "spectra": Measurement(spectra, {}, tuple(f"band_mismatch_{b}" for b in BANDS + ("mean",)),
+                           lambda s, o: set(s.runs) | {f"{r}@init" for r in s.runs}),
+    "memory": Measurement(memory, {"steps": 4}, ("peak_memory_mib",), _labels, False),
+    "best_of_k": Measurement(best_of_k, {"arm": "", "k": [1, 2, 4, 8], "sigma": 0.05}, QUALITY,
+                             lambda s, o: {"best-of-K", "resample-K"}),
+}

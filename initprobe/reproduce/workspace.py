@@ -1,0 +1,180 @@
+"""A profile's working folder: its teachers, its student runs and the inputs measurements share.
+
+Layout under the root (`--out`/<profile>):
+    teachers/<data>-<preset>-<hash>/   the teacher (and the other-data teacher), train_teacher runs
+    runs/<objective>-<init>-<hash>/seed<N>/   one-step students, train_onestep runs
+    studies/<study>-<hash>/            a study's measurement CSVs (see `runner`)
+A folder's hash covers its complete resolved config, so runs with the same options are shared
+between studies and trained once, and a changed option never reuses a stale run. Training goes
+through the library (`train_teacher`, `train_onestep`); a run whose newest checkpoint has seen
+its budget is not touched again, an interrupted one resumes.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from ..data import Dataset, load_dataset
+from ..measure.extractors import Extractor, weights_hash
+from ..measure.features import load_or_train
+from ..measure.quality import FeatureSummary, summarize_data
+from ..nets.io import latest_checkpoint, load_network, read_meta
+from ..train.loop import pick_device, to_plain
+from ..train.onestep import OneStepConfig, build_generator, resolve_config, train_onestep
+from ..train.teacher import TeacherConfig, train_teacher
+from .config import OTHER, Profile, Study, digest
+
+
+def finished(run_dir: Path, images: int) -> bool:
+    """Whether the run's newest checkpoint has seen at least `images` images."""
+    stem = latest_checkpoint(run_dir) if (run_dir / "checkpoints").is_dir() else None
+    return stem is not None and read_meta(stem).get("images_seen", 0) >= images
+
+
+class Workspace:
+    """Teachers, runs and shared measurement inputs of one profile (module docstring)."""
+
+    def __init__(self, profile: Profile, root: Path, device: str = "auto",
+                 log: Callable[[str], None] = print):
+        self.profile, self.root, self.log = profile, Path(root), log
+        self.device = pick_device(device)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the findings must say about the setup (e.g. a fallback teacher)."""
+        return list(self._teachers[1])
+
+    @property
+    def teacher_options(self) -> dict[str, dict]:
+        """TeacherConfig options of the `main` and (if the profile has one) `other` teacher."""
+        return self._teachers[0]
+
+    @cached_property
+    def _teachers(self) -> tuple[dict[str, dict], list[str]]:
+        """(teacher options by role, notes): the other teacher's fallback replaces its data
+        when its data file is missing, and a note says so."""
+        p, notes = self.profile, []
+        out = {"main": {"data": p.data, "data_path": p.data_path, **p.teacher}}
+        if p.other_teacher is not None:
+            options = dict(p.other_teacher)
+            fallback = options.pop("fallback", {})
+            path = options.get("data_path")
+            if path is not None and not Path(path).expanduser().exists():
+                notes.append(f"other-data teacher: {path} not found, so it was trained on "
+                             f"{', '.join(f'{k}={v}' for k, v in fallback.items())} instead")
+                self.log(f"  note: {notes[-1]}")
+                options = {**options, "data_path": None, **fallback}
+            out[OTHER] = options
+        return out, notes
+
+    def teacher_dir(self, role: str = "main") -> Path:
+        cfg = TeacherConfig(**self.teacher_options[role])
+        return self.root / "teachers" / f"{cfg.data}-{cfg.preset}-{digest(to_plain(cfg))}"
+
+    def ensure_teacher(self, role: str = "main") -> str:
+        """The teacher's run folder, trained first if its budget is not done."""
+        cfg, out = TeacherConfig(**self.teacher_options[role]), self.teacher_dir(role)
+        if not finished(out, cfg.images):
+            self.log(f"  training the {role} teacher on {cfg.data} ({cfg.images} images) -> "
+                     f"{out}")
+            t0 = time.perf_counter()
+            train_teacher(cfg, str(out), device=str(self.device), progress=False)
+            self.log(f"  {role} teacher done in {time.perf_counter() - t0:.0f} s")
+        return str(out)
+
+    def student_config(self, run: dict, images: int, seed: int) -> OneStepConfig:
+        options = dict(run)
+        if options.get("transfer_from") == OTHER:
+            options["transfer_from"] = str(self.teacher_dir(OTHER))
+        p = self.profile
+        # resolved (defaults such as lr_aux filled in) so the run folder's hash is final
+        return resolve_config(OneStepConfig(teacher=str(self.teacher_dir()), data=p.data,
+                                            data_path=p.data_path, images=images, seed=seed,
+                                            **p.student, **options))
+
+    def run_dir(self, cfg: OneStepConfig) -> Path:
+        key = {k: v for k, v in to_plain(cfg).items() if k not in ("seed", "unet")}
+        return self.root / "runs" / f"{cfg.objective}-{cfg.init}-{digest(key)}" / f"seed{cfg.seed}"
+
+    def train(self, cfg: OneStepConfig, label: str) -> Path:
+        out = self.run_dir(cfg)
+        if finished(out, cfg.images):
+            return out
+        t0 = time.perf_counter()
+        rec = train_onestep(cfg, str(out), device=str(self.device), progress=False)
+        fd = rec.get("fd_classifier")
+        self.log(f"  {label} seed {cfg.seed}: {cfg.images} images in "
+                 f"{time.perf_counter() - t0:.0f} s" + (f", fd_classifier {fd:.4g}" if fd else ""))
+        return out
+
+    @cached_property
+    def data(self) -> Dataset:
+        """The training images at the teacher's resolution (the quality reference)."""
+        size = read_meta(self.ensure_teacher())["unet"]["img_resolution"]
+        return load_dataset(self.profile.data, self.profile.data_path, "train", size)
+
+    def real_images(self) -> torch.Tensor:
+        """The first `measure.n_images` training images, on the device (probes, CKA, spectra)."""
+        return self.data.images[:self.profile.measure["n_images"]].to(self.device)
+
+    @cached_property
+    def quality_reference(self) -> tuple[Extractor, FeatureSummary]:
+        """The evaluation classifier of the runs (same cache key) and the data's summary."""
+        test = load_dataset(self.profile.data, self.profile.data_path, "test",
+                            self.data.shape[-1])
+        steps = self.profile.student.get("eval_classifier_steps",
+                                         OneStepConfig.eval_classifier_steps)
+        fnet, meta = load_or_train(self.data, test, steps=steps, progress=False)
+        extractor = Extractor("classifier", fnet.body, weights_hash(fnet), fnet.head,
+                              meta["num_classes"]).to(self.device)
+        return extractor, summarize_data(extractor, self.data)
+
+    def network(self, path: str | Path):
+        return load_network(path).to(self.device).eval()
+
+    @cached_property
+    def teacher_net(self):
+        return self.network(self.ensure_teacher())
+
+    def init_network(self, cfg: OneStepConfig):
+        """The generator a run starts from (rebuilt deterministically from its config), with
+        the run's generator map so `generate(..., "generator")` samples it as trained."""
+        cfg.unet = self.teacher_net.cfg.to_dict()
+        net, _ = build_generator(cfg, self.teacher_net)
+        net.generator_map = {"sigma_cond": cfg.sigma_cond, "steps": cfg.steps,
+                             "sigma_mid": cfg.sigma_mid}
+        return net.eval().requires_grad_(False)
+
+
+@dataclass
+class StudyRuns:
+    """A study's runs: label -> seed -> config and run folder, trained on demand."""
+
+    ws: Workspace
+    study: Study
+
+    @cached_property
+    def configs(self) -> dict[str, dict[int, OneStepConfig]]:
+        return {label: {s: self.ws.student_config(run, self.study.images, s)
+                        for s in self.study.seeds} for label, run in self.study.runs.items()}
+
+    def items(self):
+        """(label, seed, config) of every run, labels in config order."""
+        for label, by_seed in self.configs.items():
+            for seed, cfg in by_seed.items():
+                yield label, seed, cfg
+
+    def dir(self, label: str, seed: int) -> Path:
+        return self.ws.run_dir(self.configs[label][seed])
+
+    def train_all(self) -> None:
+        """Train the teachers the runs need, then every run (finished runs are skipped)."""
+        self.ws.ensure_teacher()
+        if any(run.get("transfer_from") == OTHER for run in self.study.runs.values()):
+            self.ws.ensure_teacher(OTHER)
+        for label, _, cfg in self.items():
+            self.ws.train(cfg, label)

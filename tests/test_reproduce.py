@@ -1,0 +1,239 @@
+"""initprobe.reproduce: config validation, verdict rules, resume-skip, and one miniature study
+run end to end through `initprobe reproduce`."""
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from initprobe.cli import app, register_commands
+from initprobe.errors import UserError
+from initprobe.reproduce import measures
+from initprobe.reproduce.config import load_profile, load_studies, load_study
+from initprobe.reproduce.rules import FAILS, HOLDS, INCONCLUSIVE, Measured, combine, evaluate
+from initprobe.reproduce.runner import run_study, study_dir
+from initprobe.reproduce.workspace import Workspace
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+MINI_PROFILE = """
+[mini]
+description = "test"
+data = "digits"
+[mini.teacher]
+preset = "tiny"
+images = 640
+batch = 32
+sample_steps = 2
+[mini.student]
+batch = 16
+eval_n = 10
+eval_every = 32
+eval_classifier_steps = 20
+[mini.measure]
+n = 12
+n_images = 12
+"""
+
+STUDY = """
+claim = "C1"
+statement = "teacher init >> random init"
+method = "two inits"
+[profiles.mini]
+images = 32
+seeds = [0, 1]
+[runs.teacher-init]
+objective = "gan"
+[runs.random-init]
+objective = "gan"
+init = "random"
+[measure.quality]
+[measure.cka]
+sigmas = [0.5]
+[[rules]]
+type = "less_than"
+metric = "fd_classifier"
+a = "teacher-init"
+b = "random-init"
+"""
+
+
+def write_experiments(folder: Path, study: str = STUDY) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "profiles.toml").write_text(MINI_PROFILE)
+    (folder / "c1_mini.toml").write_text(study)
+    return folder
+
+
+# ---- configs -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("profile", ["quick", "mnist"])
+def test_shipped_configs_are_valid(profile):
+    prof = load_profile(EXPERIMENTS, profile, data_path="mnist.npz")
+    studies = load_studies(EXPERIMENTS, prof)
+    assert [s.claim for s in studies] == [f"C{i}" for i in range(1, 11)]
+    assert all(len(s.seeds) >= 3 for s in studies)
+
+
+@pytest.mark.parametrize("edit, key", [
+    (('objective = "gan"\n[runs.random-init]', 'objective = "gann"\n[runs.random-init]'),
+     "runs.teacher-init"),
+    (('init = "random"', 'init = "random"\nlearning = 1'), "runs.random-init.learning"),
+    (('type = "less_than"', 'type = "smaller"'), "rules[0].type"),
+    (('a = "teacher-init"', 'a = "teacher"'), "rules[0].a"),
+    (('metric = "fd_classifier"', 'metric = "fid"'), "rules[0].metric"),
+    (('[measure.cka]', '[measure.ckaa]'), "measure.ckaa"),
+    (("sigmas = [0.5]", 'sigmas = "0.5"'), "measure.cka.sigmas"),
+    (("seeds = [0, 1]", "seeds = [0, 0]"), "profiles.mini.seeds"),
+    (('claim = "C1"', 'claim = "claim 1"'), "claim"),
+])
+def test_a_bad_study_config_names_the_file_and_the_key(tmp_path, edit, key):
+    old, new = edit
+    assert old in STUDY
+    folder = write_experiments(tmp_path, STUDY.replace(old, new, 1))
+    prof = load_profile(folder, "mini")
+    with pytest.raises(UserError) as e:
+        load_study(folder / "c1_mini.toml", prof)
+    assert str(folder / "c1_mini.toml") in str(e.value) and f"{key}:" in str(e.value)
+
+
+def test_bad_profiles_and_selections(tmp_path):
+    folder = write_experiments(tmp_path)
+    with pytest.raises(UserError, match="profiles.toml: quick: no such profile"):
+        load_profile(folder, "quick")
+    (folder / "profiles.toml").write_text(MINI_PROFILE.replace("data = \"digits\"",
+                                                               "data = \"mnist\""))
+    with pytest.raises(UserError, match="--data-path"):
+        load_profile(folder, "mini")
+    with pytest.raises(UserError, match="--only C7: no such claim"):
+        load_studies(folder, load_profile(folder, "mini", "x.npz"), ["C7"])
+
+
+# ---- verdict rules -----------------------------------------------------------------------
+
+def measured(groups: dict) -> Measured:
+    """{group or (group, x): [values]} -> Measured over metric m."""
+    rows = []
+    for key, values in groups.items():
+        group, x = key if isinstance(key, tuple) else (key, math.nan)
+        rows += [{"group": group, "seed": i, "x": x, "metric": "m", "value": v}
+                 for i, v in enumerate(values)]
+    return Measured(pd.DataFrame(rows))
+
+
+AB = {"type": "less_than", "metric": "m", "a": "a", "b": "b"}
+
+
+@pytest.mark.parametrize("rule, groups, verdict", [
+    (AB, {"a": [1, 1.2, 0.8], "b": [5, 5.5, 4.5]}, HOLDS),
+    (AB, {"a": [5, 5.5, 4.5], "b": [1, 1.2, 0.8]}, FAILS),
+    (AB, {"a": [1, 3, 5], "b": [2, 4, 6]}, INCONCLUSIVE),          # gap 1 < sd 2
+    (AB, {"a": [1, 1.2, 0.8], "b": []}, INCONCLUSIVE),             # no data
+    ({**AB, "type": "greater_than"}, {"a": [5, 5.5, 4.5], "b": [1, 1.2, 0.8]}, HOLDS),
+    ({**AB, "type": "greater_than", "b": 2.0}, {"a": [1.0, 1.1]}, FAILS),   # constant b
+    ({**AB, "type": "at_most", "rel": 0.1}, {"a": [10.5, 10.5], "b": [10, 10]}, HOLDS),
+    ({**AB, "type": "at_most", "rel": 0.1}, {"a": [5, 5], "b": [10, 10]}, HOLDS),
+    ({**AB, "type": "at_most", "rel": 0.1}, {"a": [13, 13], "b": [10, 10]}, FAILS),
+    ({**AB, "type": "at_most", "rel": 0.1}, {"a": [10, 12], "b": [10, 10]}, INCONCLUSIVE),
+    ({**AB, "type": "within", "rel": 0.1}, {"a": [5, 5], "b": [10, 10]}, FAILS),
+    ({**AB, "type": "within", "rel": 0.1}, {"a": [10.2, 10.2], "b": [10, 10]}, HOLDS),
+    ({"type": "closer", "metric": "m", "a": "a", "near": "t", "far": "r"},
+     {"a": [2, 2], "t": [1, 1], "r": [10, 10]}, HOLDS),
+    ({"type": "closer", "metric": "m", "a": "a", "near": "t", "far": "r"},
+     {"a": [9, 9], "t": [1, 1], "r": [10, 10]}, FAILS),
+    ({"type": "closer", "metric": "m", "a": "a", "near": "t", "far": "r"},
+     {"a": [5, 6], "t": [1, 1], "r": [10, 10]}, INCONCLUSIVE),
+    ({**AB, "a": "k[8]", "b": "k[1]"}, {("k", 1): [10, 10], ("k", 8): [7, 7]}, HOLDS),
+    ({"type": "increasing", "metric": "m", "group": "s"},
+     {("s", 2): [1, 1], ("s", 4): [2, 2], ("s", 8): [4, 4]}, HOLDS),
+    ({"type": "increasing", "metric": "m", "group": "s"},
+     {("s", 2): [4, 4], ("s", 4): [2, 2], ("s", 8): [1, 1]}, FAILS),
+    ({"type": "increasing", "metric": "m", "group": "s"},             # rise within the spread
+     {("s", 2): [1, 3], ("s", 4): [2, 3], ("s", 8): [2.5, 3]}, INCONCLUSIVE),
+    ({"type": "flat", "metric": "m", "group": "s", "rel": 0.2},
+     {("s", 2): [10], ("s", 4): [11], ("s", 8): [10.5]}, HOLDS),
+    ({"type": "flat", "metric": "m", "group": "s", "rel": 0.2},
+     {("s", 2): [10], ("s", 4): [20], ("s", 8): [30]}, FAILS),
+])
+def test_rules_on_synthetic_numbers(rule, groups, verdict):
+    assert evaluate(rule, measured(groups)).verdict == verdict
+
+
+def test_correlation_rule():
+    rows = [{"group": g, "seed": 0, "x": math.nan, "metric": m, "value": v}
+            for g, cka, fd in [("a", 0.9, 10), ("b", 0.5, 50), ("c", 0.2, 90), ("d", 0.7, 30)]
+            for m, v in (("cka", cka), ("fd", fd))]
+    rule = {"type": "correlation", "groups": ["a", "b", "c", "d"], "x_metric": "cka",
+            "y_metric": "fd", "sign": "negative"}
+    table = Measured(pd.DataFrame(rows))
+    assert evaluate(rule, table).verdict == HOLDS
+    assert evaluate({**rule, "sign": "positive"}, table).verdict == FAILS
+
+
+def test_a_claim_holds_only_if_every_rule_holds():
+    assert combine([HOLDS, HOLDS]) == HOLDS
+    assert combine([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE
+    assert combine([HOLDS, INCONCLUSIVE, FAILS]) == FAILS
+    assert combine([]) == INCONCLUSIVE
+
+
+# ---- resume-skip -------------------------------------------------------------------------
+
+def test_a_study_whose_tables_exist_is_skipped_and_missing_ones_are_computed(tmp_path,
+                                                                             monkeypatch):
+    folder = write_experiments(tmp_path / "exp")
+    prof = load_profile(folder, "mini")
+    study = load_study(folder / "c1_mini.toml", prof)
+    ws = Workspace(prof, tmp_path / "out", "cpu", log=lambda s: None)
+    calls = []
+
+    def fake(name):
+        def compute(sr, opts):
+            calls.append(name)
+            return {name: measures.table(measures.rows("teacher-init", 0, {"fd_classifier": 1}))}
+        return replace(measures.MEASUREMENTS[name], compute=compute, needs_runs=False)
+
+    for name in ("quality", "cka"):
+        monkeypatch.setitem(measures.MEASUREMENTS, name, fake(name))
+    folder_ = study_dir(ws, study)
+    folder_.mkdir(parents=True)
+    (folder_ / "quality.csv").write_text("group,seed,x,metric,value\nteacher-init,0,,"
+                                         "fd_classifier,3.0\n")
+    monkeypatch.setattr("initprobe.reproduce.runner.draw_study", lambda *a, **k: [])
+    monkeypatch.setattr("initprobe.reproduce.runner.copy_samples", lambda *a, **k: None)
+    first = run_study(ws, study, tmp_path / "fig", log=lambda s: None)
+    assert calls == ["cka"] and first.status == "computed"
+    again = run_study(ws, study, tmp_path / "fig", log=lambda s: None)
+    assert calls == ["cka"] and again.status == "cached"
+    assert again.tables["quality"]["value"].tolist() == [3.0]  # the cached table, untouched
+    assert not (tmp_path / "out" / "mini" / "teachers").exists()  # nothing was trained
+
+
+# ---- end to end --------------------------------------------------------------------------
+
+def test_reproduce_runs_a_miniature_study_end_to_end_and_resumes(tmp_path):
+    register_commands()
+    folder = write_experiments(tmp_path / "exp")
+    args = ["reproduce", "--profile", "mini", "--experiments", str(folder), "--out",
+            str(tmp_path / "out"), "--figures", str(tmp_path / "fig"), "--device", "cpu"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    fig = tmp_path / "fig"
+    for name in ("findings.md", "findings.csv", "README.md", "c1_mini-quality.png",
+                 "c1_mini-cka.png", "samples/teacher-init.png"):
+        assert (fig / name).exists(), name
+    findings = pd.read_csv(fig / "findings.csv")
+    row = findings.iloc[0]
+    assert row["claim"] == "C1" and row["verdict"] in (HOLDS, FAILS, INCONCLUSIVE)
+    assert set(findings["group"]) == {"teacher-init", "random-init"}
+    assert (findings["n"] == 2).all()
+    assert "| C1 |" in (fig / "findings.md").read_text()
+    assert "--only C1" in (fig / "README.md").read_text()
+    runs = list((tmp_path / "out" / "mini" / "runs").glob("*/seed*"))
+    assert len(runs) == 4
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "measurements cached" in again.output
+    assert "images in" not in again.output  # no run trained again

@@ -25,31 +25,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from initprobe.reproduce.memory import peak_bytes
+
 OBJECTIVES = ("gan", "ratio", "diffratio", "dmd", "cd")
 
 
 def rss_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
-
-
-def tensor_peak(fn, device: str) -> int:
-    """Peak bytes of live tensors while `fn()` runs (tensors alive before it are not counted)."""
-    import torch
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
 
 
 def write_teacher(folder: Path, preset: str, resolution: int) -> Path:
@@ -96,7 +78,7 @@ def run_objective(args, objective: str):
 def child(args):
     import torch
     torch.set_num_threads(1)
-    peak = tensor_peak(lambda: run_objective(args, args.child), args.device)
+    peak = peak_bytes(lambda: run_objective(args, args.child), args.device)
     print(json.dumps({"objective": args.child, "peak": peak, "rss": rss_peak()}))
 
 

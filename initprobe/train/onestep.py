@@ -54,7 +54,8 @@ EMA_RAMPUP = 0.05
 # Auxiliary learning rates: GDD's 1e-4 for the discriminator and DMD's fake score; the class-ratio
 # estimators stay at chance with 1e-4 on digits (the generator then drifts on noise) and train
 # well with 1e-3 (measured in 400-step digits runs; see initprobe/train/ratio.py).
-LR_AUX_DEFAULTS = {"gan": 1e-4, "ratio": 1e-3, "diffratio": 1e-3, "dmd": 1e-4, "cd": 1e-4}
+LR_AUX = 1e-4
+LR_AUX_BY_OBJECTIVE = {"ratio": 1e-3, "diffratio": 1e-3}
 GRID = 64  # latents of the sample grids
 
 
@@ -117,7 +118,7 @@ def resolve_config(cfg: OneStepConfig) -> OneStepConfig:
     _check(cfg.eval_n == 0 or cfg.eval_n >= 10,
            f"--eval-n {cfg.eval_n} is too small for the k-NN metrics; use 0 (off) or >= 10")
     if cfg.lr_aux is None:
-        cfg.lr_aux = LR_AUX_DEFAULTS[cfg.objective]
+        cfg.lr_aux = LR_AUX_BY_OBJECTIVE.get(cfg.objective, LR_AUX)
     _check(cfg.lr > 0 and cfg.lr_aux > 0, "learning rates must be positive")
     _check(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas),
            f"betas {cfg.betas} must be two numbers in [0, 1)")

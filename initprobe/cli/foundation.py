@@ -8,9 +8,7 @@ import typer
 
 from ..errors import UserError
 from . import app
-
-DATA_HELP = "dataset: digits (bundled, default), mnist, cifar10, folder"
-PATH_HELP = "path of the dataset file or folder (not needed for digits)"
+from .common import DATA_HELP, PATH_HELP
 
 
 def parse_seeds(spec: str) -> list[int]:

@@ -6,8 +6,7 @@ from typing import Annotated
 import typer
 
 from . import app
-from .foundation import DATA_HELP, PATH_HELP
-from .probe import DEVICE_HELP, _images, _labels
+from .common import DATA_HELP, DEVICE_HELP, PATH_HELP, dataset_images, run_labels
 
 Opt = typer.Option
 
@@ -39,10 +38,10 @@ def spectrum_cmd(
     from ..report.figures import band_error_figure, spectra_figure
     from ..runio import atomic_write_text
     from ..train.loop import pick_device
-    names = _labels(checkpoints, label)
+    names = run_labels(checkpoints, label)
     dev = pick_device(device)
     nets = {name: load_network(c).to(dev) for name, c in zip(names, checkpoints)}
-    images = _images(next(iter(nets.values())), data, data_path, split, n_images).to(dev)
+    images = dataset_images(next(iter(nets.values())), data, data_path, split, n_images).to(dev)
     df = spectrum_analysis(nets, images, n, heun_steps, seed=seed, batch=batch)
     spectra, bands = df[df["metric"] == "power"], df[df["metric"] != "power"]
     for name, table, draw in (("spectra", spectra, spectra_figure),

@@ -6,39 +6,18 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from ..errors import UserError
 from . import app
-from .foundation import DATA_HELP, PATH_HELP
+from .common import (
+    DATA_HELP,
+    DEVICE_HELP,
+    LAYERS_HELP,
+    PATH_HELP,
+    dataset_images,
+    layer_spec,
+    run_labels,
+)
 
-LAYERS_HELP = "blocks (last conv of every block), all, or comma-separated layer ids"
-DEVICE_HELP = "auto, cpu, cuda, cuda:N"
 Opt = typer.Option
-
-
-def _layer_spec(spec: str) -> str | list[str]:
-    return spec if spec in ("blocks", "all") else [s.strip() for s in spec.split(",") if s.strip()]
-
-
-def _labels(checkpoints: list[Path], labels: list[str] | None) -> list[str]:
-    if labels and len(labels) != len(checkpoints):
-        raise UserError(f"got {len(labels)} --label for {len(checkpoints)} checkpoints; give one "
-                        f"label per checkpoint or none (labels default to file stems)")
-    names = labels or [Path(c).stem for c in checkpoints]
-    if len(set(names)) != len(names):
-        raise UserError(f"run labels {names} are not unique; give one --label per checkpoint")
-    return names
-
-
-def _images(net, data: str, data_path: str | None, split: str, n_images: int):
-    """`n_images` images of the dataset at the network's size; UserError if the channels
-    differ."""
-    from ..data import load_dataset
-    ds = load_dataset(data, data_path, split, net.cfg.img_resolution, limit=n_images)
-    if ds.shape[0] != net.cfg.in_channels:
-        raise UserError(f"{data} images have {ds.shape[0]} channels but the network takes "
-                        f"{net.cfg.in_channels}; pick the matching --data")
-    return ds.images
-
 
 def _summary(df: pd.DataFrame, metric: str) -> list[str]:
     """Per run: layers x sigmas, and the median over layers of the sigma where each layer
@@ -90,11 +69,11 @@ def probe_activations_cmd(
     from ..measure.activations import probe_many
     from ..nets.io import load_network
     from ..train.loop import pick_device
-    names = _labels(checkpoints, label)
+    names = run_labels(checkpoints, label)
     dev = pick_device(device)
     nets = {n: load_network(c).to(dev) for n, c in zip(names, checkpoints)}
-    images = _images(next(iter(nets.values())), data, data_path, split, n_images)
-    df = probe_many(nets, images, layers=_layer_spec(layers), stat=stat, seed=seed, batch=batch,
+    images = dataset_images(next(iter(nets.values())), data, data_path, split, n_images)
+    df = probe_many(nets, images, layers=layer_spec(layers), stat=stat, seed=seed, batch=batch,
                     progress=True)
     _write(df, out, "activations", stat, f"{stat} of layer outputs, min-max per layer")
 
@@ -128,8 +107,8 @@ def attribute_cmd(
     from ..nets.io import load_network
     from ..train.loop import pick_device
     net = load_network(checkpoint).to(pick_device(device))
-    images = _images(net, data, data_path, split, n_images)
-    df = attribute(net, images, layers=_layer_spec(layers), method=method, target=target,
+    images = dataset_images(net, data, data_path, split, n_images)
+    df = attribute(net, images, layers=layer_spec(layers), method=method, target=target,
                    seed=seed, internal_batch_size=internal_batch_size, n_steps=n_steps,
                    baseline=baseline, progress=True)
     df["run"] = label or Path(checkpoint).stem

@@ -7,8 +7,7 @@ import typer
 
 from ..errors import UserError
 from . import app
-from .foundation import DATA_HELP, PATH_HELP
-from .probe import DEVICE_HELP, _labels
+from .common import DATA_HELP, DEVICE_HELP, PATH_HELP, run_labels
 
 Opt = typer.Option
 NETWORK_HELP = "feature network: classifier (trained on the data, cached) or inception (FID)"
@@ -102,7 +101,7 @@ def quality_cmd(
     from ..measure.quality import quality_metrics, summarize_data, summarize_samples
     from ..runio import atomic_write_text
     from ..schema import frame
-    names = _labels(checkpoints, label)
+    names = run_labels(checkpoints, label)
     train, extractor, dev = _setup(data, data_path, network, inception_weights, device)
     nets = {name: _load(c, train, dev) for name, c in zip(names, checkpoints)}
     if reference == "data":

@@ -7,8 +7,7 @@ import typer
 
 from ..errors import UserError
 from . import app
-from .foundation import DATA_HELP, PATH_HELP
-from .probe import DEVICE_HELP, LAYERS_HELP, _images, _layer_spec
+from .common import DATA_HELP, DEVICE_HELP, LAYERS_HELP, PATH_HELP, dataset_images, layer_spec
 
 Opt = typer.Option
 
@@ -48,8 +47,8 @@ def cka_cmd(
     name_a, name_b = label or (a.stem, b.stem)
     dev = pick_device(device)
     net_a, net_b = load_network(a).to(dev), load_network(b).to(dev)
-    images = _images(net_a, data, data_path, split, n_images)
-    opts = dict(layers=_layer_spec(layers), kernel=kernel, batch=batch, seed=seed,
+    images = dataset_images(net_a, data, data_path, split, n_images)
+    opts = dict(layers=layer_spec(layers), kernel=kernel, batch=batch, seed=seed,
                 run=f"{name_a} vs {name_b}")
     matrix = cka_matrix(net_a, net_b, images, sigma, **opts)
     diagonal = cka_diagonal(net_a, net_b, images, **opts)

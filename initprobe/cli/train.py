@@ -7,7 +7,7 @@ import typer
 
 from ..errors import UserError
 from . import app
-from .foundation import DATA_HELP, PATH_HELP
+from .common import DATA_HELP, PATH_HELP
 
 INIT = "Initialization / ablation (applied in this order: interpolate, transfer, reinit, " \
        "shuffle, freeze)"

@@ -1,0 +1,33 @@
+"""Option help texts and small helpers shared by several command modules (no commands here)."""
+
+from pathlib import Path
+
+from ..errors import UserError
+
+DATA_HELP = "dataset: digits (bundled, default), mnist, cifar10, folder"
+PATH_HELP = "path of the dataset file or folder (not needed for digits)"
+LAYERS_HELP = "blocks (last conv of every block), all, or comma-separated layer ids"
+DEVICE_HELP = "auto, cpu, cuda, cuda:N"
+def layer_spec(spec: str) -> str | list[str]:
+    return spec if spec in ("blocks", "all") else [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def run_labels(checkpoints: list[Path], labels: list[str] | None) -> list[str]:
+    if labels and len(labels) != len(checkpoints):
+        raise UserError(f"got {len(labels)} --label for {len(checkpoints)} checkpoints; give one "
+                        f"label per checkpoint or none (labels default to file stems)")
+    names = labels or [Path(c).stem for c in checkpoints]
+    if len(set(names)) != len(names):
+        raise UserError(f"run labels {names} are not unique; give one --label per checkpoint")
+    return names
+
+
+def dataset_images(net, data: str, data_path: str | None, split: str, n_images: int):
+    """`n_images` images of the dataset at the network's size; UserError if the channels
+    differ."""
+    from ..data import load_dataset
+    ds = load_dataset(data, data_path, split, net.cfg.img_resolution, limit=n_images)
+    if ds.shape[0] != net.cfg.in_channels:
+        raise UserError(f"{data} images have {ds.shape[0]} channels but the network takes "
+                        f"{net.cfg.in_channels}; pick the matching --data")
+    return ds.images

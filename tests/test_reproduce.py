@@ -7,15 +7,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from initprobe.cli import app, register_commands
 from initprobe.errors import UserError
+from initprobe.nets.io import load_network
 from initprobe.reproduce import measures
 from initprobe.reproduce.config import load_profile, load_studies, load_study
+from initprobe.reproduce.parallel import pending, train_ahead
 from initprobe.reproduce.rules import FAILS, HOLDS, INCONCLUSIVE, Measured, combine, evaluate
 from initprobe.reproduce.runner import run_study, study_dir
-from initprobe.reproduce.workspace import Workspace
+from initprobe.reproduce.workspace import StudyRuns, Workspace
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -237,3 +240,30 @@ def test_reproduce_runs_a_miniature_study_end_to_end_and_resumes(tmp_path):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "measurements cached" in again.output
     assert "images in" not in again.output  # no run trained again
+
+
+def test_runs_trained_ahead_in_worker_processes_equal_the_serial_ones(tmp_path):
+    folder = write_experiments(tmp_path / "exp")
+    prof = load_profile(folder, "mini")
+    studies = load_studies(folder, prof)
+    serial = Workspace(prof, tmp_path / "serial", "cpu", log=lambda s: None)
+    for study in studies:
+        StudyRuns(serial, study).train_all()
+    ahead, lines = Workspace(prof, tmp_path / "ahead", "cpu", log=lambda s: None), []
+    assert len(pending(ahead, studies)[1]) == 4
+    train_ahead(ahead, studies, jobs=2, log=lines.append)
+    assert pending(ahead, studies) == (["main"], {})  # nothing left to train
+    assert any(line.startswith("  [4/4] ") for line in lines), lines
+    pairs = [(serial.teacher_dir(), ahead.teacher_dir())]
+    for study in studies:  # run folders differ by their teacher's path, so pair them by config
+        theirs, ours = StudyRuns(serial, study), StudyRuns(ahead, study)
+        pairs += [(theirs.dir(label, seed), ours.dir(label, seed))
+                  for label, seed, _ in theirs.items()]
+    assert len(pairs) == 5
+    for serial_dir, ahead_dir in pairs:
+        mine = load_network(ahead_dir).state_dict()
+        for name, value in load_network(serial_dir).state_dict().items():
+            torch.testing.assert_close(mine[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    lines.clear()
+    train_ahead(ahead, studies, jobs=2, log=lines.append)
+    assert lines == []  # everything finished: no pool is started

@@ -28,6 +28,9 @@ def reproduce_cmd(
     experiments: Annotated[Path, Opt(help="folder of profiles.toml and the study configs")]
     = Path("experiments"),
     device: Annotated[str, Opt(help="auto, cpu, cuda, cuda:N")] = "auto",
+    jobs: Annotated[int, Opt(min=1, help="train the teachers and runs in this many worker "
+                                         "processes side by side first (CPU: one per core)")]
+    = 1,
 ):
     """Run the whole reproduction: train the teachers and every study's runs, measure, and
     judge each claim C1-C10 by the verdict rules of its config; writes one figure per
@@ -36,18 +39,22 @@ def reproduce_cmd(
 
     Example: initprobe reproduce --profile quick --out runs/reproduce --figures figures
 
-    MNIST:   initprobe reproduce --profile mnist --data-path ../shared/data/mnist.npz
+    MNIST:   initprobe reproduce --profile mnist --data-path ../shared/data/mnist.npz --jobs 2
     """
     from ..reproduce.config import load_profile, load_studies
     from ..reproduce.findings import write_findings
+    from ..reproduce.parallel import train_ahead
     from ..reproduce.runner import cached_result, run_study
     from ..reproduce.workspace import Workspace
     t0 = time.perf_counter()
     prof = load_profile(experiments, profile, data_path)
     figures = figures or (Path("figures") if profile == "quick" else Path("figures") / profile)
     studies = load_studies(experiments, prof)
-    selected = {s.stem for s in load_studies(experiments, prof, only.split(",") if only else None)}
+    chosen = load_studies(experiments, prof, only.split(",") if only else None)
+    selected = {s.stem for s in chosen}
     ws = Workspace(prof, out / profile, device, log=typer.echo)
+    if jobs > 1:
+        train_ahead(ws, chosen, jobs, typer.echo)
     results = []
     for study in studies:
         if study.stem in selected:
@@ -56,7 +63,7 @@ def reproduce_cmd(
             results.append(cached)
     command = (f"initprobe reproduce --profile {profile}"
                + (f" --data-path {data_path}" if data_path else "")
-               + f" --out {out} --figures {figures}")
+               + f" --out {out} --figures {figures}" + (f" --jobs {jobs}" if jobs > 1 else ""))
     header = (f"Findings of `{command}` ({prof.description}); device {ws.device}")
     findings = write_findings(results, figures, profile, ws.notes, header, command)
     typer.echo("")

@@ -35,6 +35,25 @@ def finished(run_dir: Path, images: int) -> bool:
     return stem is not None and read_meta(stem).get("images_seen", 0) >= images
 
 
+def teacher_job(cfg: TeacherConfig, out: Path, device: str) -> float:
+    """Train (or resume) a teacher; the seconds it took. A worker-process entry point too."""
+    t0 = time.perf_counter()
+    train_teacher(cfg, str(out), device=device, progress=False)
+    return time.perf_counter() - t0
+
+
+def run_job(cfg: OneStepConfig, out: Path, device: str) -> tuple[float, float | None]:
+    """Train (or resume) a student run; (seconds, final fd_classifier or None)."""
+    t0 = time.perf_counter()
+    rec = train_onestep(cfg, str(out), device=device, progress=False)
+    return time.perf_counter() - t0, rec.get("fd_classifier")
+
+
+def run_line(label: str, cfg: OneStepConfig, seconds: float, fd: float | None) -> str:
+    return (f"{label} seed {cfg.seed}: {cfg.images} images in {seconds:.0f} s"
+            + (f", fd_classifier {fd:.4g}" if fd else ""))
+
+
 class Workspace:
     """Teachers, runs and shared measurement inputs of one profile (module docstring)."""
 
@@ -71,19 +90,20 @@ class Workspace:
             out[OTHER] = options
         return out, notes
 
+    def teacher_config(self, role: str = "main") -> TeacherConfig:
+        return TeacherConfig(**self.teacher_options[role])
+
     def teacher_dir(self, role: str = "main") -> Path:
-        cfg = TeacherConfig(**self.teacher_options[role])
+        cfg = self.teacher_config(role)
         return self.root / "teachers" / f"{cfg.data}-{cfg.preset}-{digest(to_plain(cfg))}"
 
     def ensure_teacher(self, role: str = "main") -> str:
         """The teacher's run folder, trained first if its budget is not done."""
-        cfg, out = TeacherConfig(**self.teacher_options[role]), self.teacher_dir(role)
+        cfg, out = self.teacher_config(role), self.teacher_dir(role)
         if not finished(out, cfg.images):
             self.log(f"  training the {role} teacher on {cfg.data} ({cfg.images} images) -> "
                      f"{out}")
-            t0 = time.perf_counter()
-            train_teacher(cfg, str(out), device=str(self.device), progress=False)
-            self.log(f"  {role} teacher done in {time.perf_counter() - t0:.0f} s")
+            self.log(f"  {role} teacher done in {teacher_job(cfg, out, str(self.device)):.0f} s")
         return str(out)
 
     def student_config(self, run: dict, images: int, seed: int) -> OneStepConfig:
@@ -102,13 +122,8 @@ class Workspace:
 
     def train(self, cfg: OneStepConfig, label: str) -> Path:
         out = self.run_dir(cfg)
-        if finished(out, cfg.images):
-            return out
-        t0 = time.perf_counter()
-        rec = train_onestep(cfg, str(out), device=str(self.device), progress=False)
-        fd = rec.get("fd_classifier")
-        self.log(f"  {label} seed {cfg.seed}: {cfg.images} images in "
-                 f"{time.perf_counter() - t0:.0f} s" + (f", fd_classifier {fd:.4g}" if fd else ""))
+        if not finished(out, cfg.images):
+            self.log("  " + run_line(label, cfg, *run_job(cfg, out, str(self.device))))
         return out
 
     @cached_property

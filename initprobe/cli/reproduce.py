@@ -29,7 +29,8 @@ def reproduce_cmd(
     = Path("experiments"),
     device: Annotated[str, Opt(help="auto, cpu, cuda, cuda:N")] = "auto",
     jobs: Annotated[int, Opt(min=1, help="train the teachers and runs in this many worker "
-                                         "processes side by side first (CPU: one per core)")]
+                                         "processes side by side first; pays where one run "
+                                         "cannot fill the machine (benchmarks/reproduce_jobs.py)")]
     = 1,
 ):
     """Run the whole reproduction: train the teachers and every study's runs, measure, and

@@ -1,6 +1,7 @@
 """`initprobe reproduce --jobs N`: wall time of training a study's runs in N worker processes vs
 one after the other in the main process (what reproduce does without --jobs), same process,
-same teacher, same runs. Prints the speedup; on a 2-core CPU expect up to about 2x.
+same teacher, same runs, same `--threads` per process (reproduce's default: 1). Prints the
+speedup; with N <= cores expect up to N x.
 
     python benchmarks/reproduce_jobs.py [--jobs 2] [--runs 8] [--images 2000]
     python benchmarks/reproduce_jobs.py --preset small --size 32 --runs 4 --images 1000  # 32x32
@@ -11,6 +12,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from initprobe.reproduce.config import load_profile, load_studies
 from initprobe.reproduce.parallel import train_ahead
@@ -48,7 +51,9 @@ def main():
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--preset", default="tiny", help="teacher preset: tiny, small")
     ap.add_argument("--size", type=int, default=8, help="image size (digits padded)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "exp"
         folder.mkdir()
@@ -67,7 +72,8 @@ def main():
         t0 = time.perf_counter()
         train_ahead(ahead, studies, args.jobs, log=lambda s: None)
         t_jobs = time.perf_counter() - t0
-    print(f"{args.runs} runs of {args.images} images ({args.preset}, {args.size}x{args.size}): "
+    print(f"{args.runs} runs of {args.images} images ({args.preset}, {args.size}x{args.size}, "
+          f"{args.threads} threads per process): "
           f"serial {t_serial:.1f} s, --jobs {args.jobs} {t_jobs:.1f} s")
     print(f"speedup serial/jobs = {t_serial / t_jobs:.2f}x (at most {args.jobs}x)")
 

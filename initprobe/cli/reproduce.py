@@ -29,9 +29,10 @@ def reproduce_cmd(
     = Path("experiments"),
     device: Annotated[str, Opt(help="auto, cpu, cuda, cuda:N")] = "auto",
     jobs: Annotated[int, Opt(min=1, help="train the teachers and runs in this many worker "
-                                         "processes side by side first; pays where one run "
-                                         "cannot fill the machine (benchmarks/reproduce_jobs.py)")]
+                                         "processes side by side first (up to one per core)")]
     = 1,
+    threads: Annotated[int, Opt(min=1, help="torch CPU threads per process; float rounding, and "
+                                            "so the numbers, depend on it (figures/: 1)")] = 1,
 ):
     """Run the whole reproduction: train the teachers and every study's runs, measure, and
     judge each claim C1-C10 by the verdict rules of its config; writes one figure per
@@ -42,11 +43,14 @@ def reproduce_cmd(
 
     MNIST:   initprobe reproduce --profile mnist --data-path ../shared/data/mnist.npz --jobs 2
     """
+    import torch
+
     from ..reproduce.config import load_profile, load_studies
     from ..reproduce.findings import write_findings
     from ..reproduce.parallel import train_ahead
     from ..reproduce.runner import cached_result, run_study
     from ..reproduce.workspace import Workspace
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     prof = load_profile(experiments, profile, data_path)
     figures = figures or (Path("figures") if profile == "quick" else Path("figures") / profile)
@@ -64,7 +68,8 @@ def reproduce_cmd(
             results.append(cached)
     command = (f"initprobe reproduce --profile {profile}"
                + (f" --data-path {data_path}" if data_path else "")
-               + f" --out {out} --figures {figures}" + (f" --jobs {jobs}" if jobs > 1 else ""))
+               + f" --out {out} --figures {figures}" + (f" --jobs {jobs}" if jobs > 1 else "")
+               + (f" --threads {threads}" if threads > 1 else ""))
     header = (f"Findings of `{command}` ({prof.description}); device {ws.device}")
     findings = write_findings(results, figures, profile, ws.notes, header, command)
     typer.echo("")

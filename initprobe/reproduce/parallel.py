@@ -2,13 +2,13 @@
 
 Without it the study loop trains what each study needs, one run after the other, in the main
 process. `train_ahead` first trains the unfinished teachers side by side, then every unfinished
-run of the studies that still miss a measurement, each in a worker process with
-cpu_count // jobs threads, so the study loop finds them finished. A run is the same seeded
-computation whichever process trains it, and an interrupted one resumes as usual.
+run of the studies that still miss a measurement, each in a worker process with the main
+process's thread count, so the study loop finds them finished. A run is the same seeded
+computation whichever process trains it (bit for bit on the CPU: same thread count), and an
+interrupted one resumes as usual.
 """
 
 import multiprocessing
-import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -53,7 +53,7 @@ def train_ahead(ws: Workspace, studies: list[Study], jobs: int,
     teachers = [r for r in roles if not finished(ws.teacher_dir(r), ws.teacher_config(r).images)]
     if not teachers and not runs:
         return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = torch.get_num_threads()
     log(f"training ahead: {len(teachers)} teachers, then {len(runs)} runs, {jobs} processes "
         f"of {threads} threads")
     device = str(ws.device)

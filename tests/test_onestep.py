@@ -43,6 +43,24 @@ def weights(out) -> dict[str, torch.Tensor]:
     return load_file(latest_checkpoint(out).with_suffix(".safetensors"))
 
 
+def test_log_spaced_budgets_are_evaluated_and_a_resumed_run_extends_the_curve(teacher,
+                                                                              tmp_path):
+    out = tmp_path / "budgets"
+    cfg = config(teacher, n=3, eval_n=12, eval_every=0, eval_at=[20, 40, 80],
+                 eval_classifier_steps=20)
+    train(cfg, out)
+    seen = [r["images_seen"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "eval"]
+    assert seen == [0, 2 * BATCH, 3 * BATCH]  # start, first step reaching 20 and 40, end
+    cfg.images = 6 * BATCH                    # extend the same run: the curve goes on
+    train(cfg, out)
+    seen = [r["images_seen"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "eval"]
+    assert seen == [0, 2 * BATCH, 3 * BATCH, 5 * BATCH, 6 * BATCH]
+    with pytest.raises(UserError, match="--eval-at"):
+        onestep.resolve_config(config(teacher, eval_at=[0]))
+    with pytest.raises(UserError, match="--eval-every"):
+        onestep.resolve_config(config(teacher, eval_every=-1))
+
+
 def test_gan_writes_the_run_directory_with_learning_curve(teacher, tmp_path):
     out = tmp_path / "gan"
     rec = train(config(teacher, n=6, eval_n=20, eval_every=3 * BATCH,

@@ -53,7 +53,7 @@ def net():
 def test_summary_streams_like_one_pass_and_keeps_a_bounded_subset(classifier):
     images = randn(300, 1, 8, 8).clamp(-1, 1)
     streamed = summarize(classifier, images.split(7), keep=50)
-    whole, labels = classifier(images)
+    whole, labels, confidence = classifier(images)
     ref = whole.numpy()
     assert streamed.n == 300 and streamed.kept.shape == (50, 128)
     np.testing.assert_allclose(streamed.stats.mean, ref.mean(0), rtol=1e-9, atol=1e-12)
@@ -61,6 +61,10 @@ def test_summary_streams_like_one_pass_and_keeps_a_bounded_subset(classifier):
                                atol=1e-12)
     np.testing.assert_array_equal(streamed.kept, ref[:50])
     np.testing.assert_array_equal(streamed.histogram, np.bincount(labels.numpy(), minlength=10))
+    probs = classifier.head(classifier.net(images)).softmax(1)
+    assert torch.equal(probs.argmax(1), labels)
+    assert streamed.mean_confidence == pytest.approx(probs.max(1).values.mean().item(), rel=1e-5)
+    assert 0.1 <= streamed.mean_confidence <= 1.0
 
 
 def test_summary_save_load_roundtrip(classifier, tmp_path):
@@ -68,6 +72,7 @@ def test_summary_save_load_roundtrip(classifier, tmp_path):
     s.save(tmp_path / "s.npz")
     back = FeatureSummary.load(tmp_path / "s.npz")
     assert back.n == 40 and back.keep == 30
+    assert back.mean_confidence == pytest.approx(s.mean_confidence, rel=1e-12)
     np.testing.assert_allclose(back.stats.cov, s.stats.cov, rtol=1e-12)
     np.testing.assert_array_equal(back.kept, s.kept)
     np.testing.assert_array_equal(back.histogram, s.histogram)
@@ -171,8 +176,9 @@ def test_inception_state_dict_loads_and_gives_pool_features(inception_file):
     ext = make_extractor("inception", None, inception_weights=path)
     assert ext.fd_metric == "fid" and ext.head is None
     images = randn(2, 1, 8, 8).clamp(-1, 1)
-    feats, labels = ext(images)
+    feats, labels, confidence = ext(images)
     assert feats.shape == (2, FEATURE_DIM) and feats.dtype == torch.float64 and labels is None
+    assert confidence is None
     with torch.no_grad():
         expected = reference(_to_inception_input(images) / 127.5 - 1)
     torch.testing.assert_close(feats.float(), expected)

@@ -2,6 +2,8 @@
 run end to end through `initprobe reproduce`."""
 
 import math
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,11 +36,19 @@ sample_steps = 2
 [mini.student]
 batch = 16
 eval_n = 10
-eval_every = 32
+eval_every = 64
+eval_at = [16]
 eval_classifier_steps = 20
 [mini.measure]
 n = 12
 n_images = 12
+[mini.gate]                     # a 640-image teacher: only a gate this lenient passes
+n = 20
+heun_steps = 4
+max_fd_ratio = 1e9
+min_classes = 1
+max_class_kl = 10.0
+min_confidence_ratio = 0.0
 """
 
 STUDY = """
@@ -133,7 +143,9 @@ AB = {"type": "less_than", "metric": "m", "a": "a", "b": "b"}
 @pytest.mark.parametrize("rule, groups, verdict", [
     (AB, {"a": [1, 1.2, 0.8], "b": [5, 5.5, 4.5]}, HOLDS),
     (AB, {"a": [5, 5.5, 4.5], "b": [1, 1.2, 0.8]}, FAILS),
-    (AB, {"a": [1, 3, 5], "b": [2, 4, 6]}, INCONCLUSIVE),          # gap 1 < sd 2
+    (AB, {"a": [1, 3, 5], "b": [2, 6, 1]}, INCONCLUSIVE),          # paired diffs 1, 3, -4
+    (AB, {"a": [1, 3, 5], "b": [2, 4, 6]}, HOLDS),                 # the same shift every seed
+    (AB, {"a": [1, 3, 5], "b": [1.01, 3.01, 5.01]}, FAILS),        # consistent but tiny
     (AB, {"a": [1, 1.2, 0.8], "b": []}, INCONCLUSIVE),             # no data
     ({**AB, "type": "greater_than"}, {"a": [5, 5.5, 4.5], "b": [1, 1.2, 0.8]}, HOLDS),
     ({**AB, "type": "greater_than", "b": 2.0}, {"a": [1.0, 1.1]}, FAILS),   # constant b
@@ -163,6 +175,48 @@ AB = {"type": "less_than", "metric": "m", "a": "a", "b": "b"}
 ])
 def test_rules_on_synthetic_numbers(rule, groups, verdict):
     assert evaluate(rule, measured(groups)).verdict == verdict
+
+
+def seeded(groups: dict, seeds=None) -> Measured:
+    """{group: values} on seeds 0.. (or `seeds`) over metric m."""
+    return Measured(pd.DataFrame([{"group": g, "seed": (seeds or range(len(v)))[i],
+                                   "x": math.nan, "metric": "m", "value": x}
+                                  for g, v in groups.items() for i, x in enumerate(v)]))
+
+
+def test_identical_groups_never_hold_and_a_large_shift_holds():
+    rng = torch.Generator().manual_seed(0)
+    noise = (torch.randn(5, generator=rng) * 10).tolist()
+    same = seeded({"a": [100 + e for e in noise], "b": [100 + e for e in noise]})
+    for kind in ("less_than", "greater_than"):
+        assert evaluate({**AB, "type": kind}, same).verdict == FAILS  # D = 0 < min effect
+    shifted = seeded({"a": [100 + e for e in noise], "b": [300 + e for e in noise[::-1]]})
+    out = evaluate(AB, shifted)
+    assert out.verdict == HOLDS and "paired t, n=5" in out.detail
+    assert evaluate({**AB, "type": "greater_than"}, shifted).verdict == FAILS
+
+
+def test_the_interval_is_students_t_paired_on_matched_seeds_and_welch_otherwise():
+    from scipy import stats
+    a, b = [1.0, 2.0, 4.0, 3.0, 5.0], [2.0, 2.5, 6.0, 3.5, 6.5]
+    out = evaluate({**AB, "effect": 0.0}, seeded({"a": a, "b": b}))
+    d = [y - x for x, y in zip(a, b)]
+    lo, hi = stats.t.interval(0.95, 4, loc=sum(d) / 5, scale=stats.sem(d))
+    assert f"CI [{lo:.3g}, {hi:.3g}]" in out.detail and out.verdict == HOLDS
+    # other seeds: Welch's t (scipy's unequal-variance test agrees on the sign of lo)
+    m = Measured(pd.concat([seeded({"a": a}).table, seeded({"b": b}, range(10, 15)).table]))
+    welch = evaluate({**AB, "effect": 0.0}, m)
+    p = stats.ttest_ind(b, a, equal_var=False, alternative="two-sided").pvalue
+    assert "Welch t" in welch.detail
+    assert welch.verdict == (HOLDS if p < 0.05 else INCONCLUSIVE)
+
+
+def test_a_verdict_needs_both_significance_and_the_minimum_effect():
+    tiny = seeded({"a": [10.0, 10.1, 9.9, 10.0, 10.05], "b": [10.3, 10.4, 10.2, 10.3, 10.35]})
+    assert evaluate({**AB, "effect": 0.01}, tiny).verdict == HOLDS       # 3% > 1%
+    assert evaluate({**AB, "effect": 0.1}, tiny).verdict == FAILS        # 3% < 10%, surely
+    noisy = seeded({"a": [10, 50, 5, 80, 20], "b": [60, 30, 90, 25, 70]})
+    assert evaluate(AB, noisy).verdict == INCONCLUSIVE                   # large, not significant
 
 
 def test_correlation_rule():
@@ -229,17 +283,43 @@ def test_reproduce_runs_a_miniature_study_end_to_end_and_resumes(tmp_path):
                  "c1_mini-cka.png", "samples/teacher-init.png"):
         assert (fig / name).exists(), name
     findings = pd.read_csv(fig / "findings.csv")
+    gate, findings = findings[findings["claim"] == "gate"], findings[findings["claim"] != "gate"]
+    assert findings.index.min() > gate.index.max()  # the teacher's gate leads the table
+    assert (gate["verdict"] == HOLDS).all() and len(gate) == 4
     row = findings.iloc[0]
     assert row["claim"] == "C1" and row["verdict"] in (HOLDS, FAILS, INCONCLUSIVE)
     assert set(findings["group"]) == {"teacher-init", "random-init"}
     assert (findings["n"] == 2).all()
-    assert "| C1 |" in (fig / "findings.md").read_text()
+    assert sorted(set(findings["budget_images"])) == [16, 32]  # eval_at 16, full budget 32
+    md = (fig / "findings.md").read_text()
+    assert "| C1 |" in md and "Teacher gate: passed" in md and "real held-out" in md
     assert "--only C1" in (fig / "README.md").read_text()
     runs = list((tmp_path / "out" / "mini" / "runs").glob("*/seed*"))
     assert len(runs) == 4
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "measurements cached" in again.output
     assert "images in" not in again.output  # no run trained again
+
+
+def test_a_teacher_below_the_gate_stops_the_study_before_any_student(tmp_path):
+    register_commands()
+    folder = write_experiments(tmp_path / "exp")
+    profile = (folder / "profiles.toml").read_text().replace("max_fd_ratio = 1e9",
+                                                              "max_fd_ratio = 1.0")
+    (folder / "profiles.toml").write_text(profile)
+    args = ["reproduce", "--profile", "mini", "--experiments", str(folder), "--out",
+            str(tmp_path / "out"), "--figures", str(tmp_path / "fig"), "--device", "cpu"]
+    res = CliRunner().invoke(app, args)
+    assert isinstance(res.exception, UserError)
+    proc = subprocess.run([sys.executable, "-m", "initprobe", *args, "--jobs", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: teacher gate of profile mini failed: "
+                            "fd_classifier / floor = "), error
+    assert "needs <= 1" in error and "train the teacher longer" in error
+    assert not (tmp_path / "out" / "mini" / "runs").exists()  # no student trained
+    assert not (tmp_path / "fig" / "findings.csv").exists()
 
 
 def test_runs_trained_ahead_in_worker_processes_equal_the_serial_ones(tmp_path):

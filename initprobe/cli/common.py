@@ -31,3 +31,16 @@ def dataset_images(net, data: str, data_path: str | None, split: str, n_images: 
         raise UserError(f"{data} images have {ds.shape[0]} channels but the network takes "
                         f"{net.cfg.in_channels}; pick the matching --data")
     return ds.images
+
+
+def parse_ints(spec: str | None, option: str) -> list[int] | None:
+    """'1,2,2' -> [1, 2, 2]; 'none' -> []; None -> None (the preset's value)."""
+    if spec is None:
+        return None
+    if spec.strip().lower() == "none":
+        return []
+    try:
+        return [int(p) for p in spec.split(",")]
+    except ValueError:
+        raise UserError(f"bad {option} {spec!r}; write integers separated by commas, like "
+                        f"1,2,2") from None

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import UserError
 from . import app
-from .common import DATA_HELP, PATH_HELP
+from .common import DATA_HELP, PATH_HELP, parse_ints
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -33,6 +33,11 @@ def train_teacher_cmd(
     data_path: str = typer.Option(None, help=PATH_HELP),
     size: int = typer.Option(None, help="image side (default: digits 8, mnist/cifar10 32)"),
     preset: str = typer.Option("tiny", help="network size: tiny, small, cifar"),
+    model_channels: int = typer.Option(None, help="base channel count (default: the preset's)"),
+    channel_mult: str = typer.Option(None, help="channel multiplier per resolution, e.g. 1,2,2 "
+                                     "(default: the preset's)"),
+    attn_res: str = typer.Option(None, help="resolutions with self-attention, e.g. 8 or 16,8; "
+                                 "'none' for none (default: the preset's)"),
     images: int = typer.Option(400_000, help="training budget in images seen"),
     batch: int = typer.Option(128, help="global batch size"),
     lr: float = typer.Option(2e-3, help="Adam learning rate"),
@@ -46,10 +51,15 @@ def train_teacher_cmd(
     Example: initprobe train-teacher --data digits --preset tiny --out runs/teacher-digits
 
     MNIST:   initprobe train-teacher --data mnist --data-path ../shared/data/mnist.npz
-             --preset small --images 1000000 --out runs/teacher-mnist
+             --size 16 --preset small --images 200000 --out runs/teacher-mnist16
+
+    Wider:   ... --preset small --model-channels 32 --channel-mult 1,2 --attn-res none
     """
     from ..train.teacher import TeacherConfig, train_teacher
-    cfg = TeacherConfig(data=data, data_path=data_path, size=size, preset=preset, images=images,
+    cfg = TeacherConfig(data=data, data_path=data_path, size=size, preset=preset,
+                        model_channels=model_channels,
+                        channel_mult=parse_ints(channel_mult, "--channel-mult"),
+                        attn_res=parse_ints(attn_res, "--attn-res"), images=images,
                         batch=batch, lr=lr, ema_halflife=ema_halflife, seed=seed,
                         ckpt_every=ckpt_every)
     rec = train_teacher(cfg, str(out), device=device)

@@ -34,10 +34,11 @@ def reproduce_cmd(
     threads: Annotated[int, Opt(min=1, help="torch CPU threads per process; float rounding, and "
                                             "so the numbers, depend on it (figures/: 1)")] = 1,
 ):
-    """Run the whole reproduction: train the teachers and every study's runs, measure, and
-    judge each claim C1-C10 by the verdict rules of its config; writes one figure per
-    measurement, sample grids, findings.csv and findings.md. Rerunning resumes: finished runs
-    and cached measurements are skipped, verdicts are re-evaluated.
+    """Run the whole reproduction: train the teacher and check its quality gate (the profile's
+    gate rule; a teacher below it stops the study), train every study's runs, measure, and
+    judge each claim by the verdict rules of its config at every evaluation budget; writes one
+    figure per measurement, sample grids, findings.csv and findings.md. Rerunning resumes:
+    finished runs and cached measurements are skipped, verdicts are re-evaluated.
 
     Example: initprobe reproduce --profile quick --out runs/reproduce --figures figures
 
@@ -47,6 +48,7 @@ def reproduce_cmd(
 
     from ..reproduce.config import load_profile, load_studies
     from ..reproduce.findings import write_findings
+    from ..reproduce.gate import enforce, measure_gate
     from ..reproduce.parallel import train_ahead
     from ..reproduce.runner import cached_result, run_study
     from ..reproduce.workspace import Workspace
@@ -58,8 +60,20 @@ def reproduce_cmd(
     chosen = load_studies(experiments, prof, only.split(",") if only else None)
     selected = {s.stem for s in chosen}
     ws = Workspace(prof, out / profile, device, log=typer.echo)
+    gates = []
+
+    def gate():
+        t1 = time.perf_counter()
+        gates.append(measure_gate(ws, prof.gate))
+        typer.echo(f"teacher gate ({time.perf_counter() - t1:.0f} s): " + "; ".join(
+            f"{c.name} {c.value:.3g} ({c.limit_text})" for c in gates[-1].checks))
+        enforce(gates[-1], profile)
+
     if jobs > 1:
-        train_ahead(ws, chosen, jobs, typer.echo)
+        train_ahead(ws, chosen, jobs, typer.echo, between=gate)
+    else:
+        ws.ensure_teacher()
+        gate()
     results = []
     for study in studies:
         if study.stem in selected:
@@ -71,7 +85,7 @@ def reproduce_cmd(
                + f" --out {out} --figures {figures}" + (f" --jobs {jobs}" if jobs > 1 else "")
                + (f" --threads {threads}" if threads > 1 else ""))
     header = (f"Findings of `{command}` ({prof.description}); device {ws.device}")
-    findings = write_findings(results, figures, profile, ws.notes, header, command)
+    findings = write_findings(results, figures, profile, ws.notes, header, command, gates[-1])
     typer.echo("")
     for r in findings.drop_duplicates("claim").itertuples():
         typer.echo(f"{r.claim}: {r.claim_verdict}  ({r.statement})")

@@ -7,7 +7,7 @@ import typer
 
 from ..errors import UserError
 from . import app
-from .common import DATA_HELP, PATH_HELP
+from .common import DATA_HELP, PATH_HELP, parse_ints
 
 INIT = "Initialization / ablation (applied in this order: interpolate, transfer, reinit, " \
        "shuffle, freeze)"
@@ -113,6 +113,8 @@ def train_cmd(
     ema_halflife: float = typer.Option(None, help="EMA half-life in images (default: 5% of "
                                                   "images seen; 0 disables)"),
     eval_every: int = typer.Option(10_000, help="evaluate sample quality every N images"),
+    eval_at: str = typer.Option(None, help="also evaluate at these images seen, e.g. "
+                                "1000,2000,5000,10000 (log-spaced budgets: one run, whole curve)"),
     eval_n: int = typer.Option(500, help="samples per evaluation (0 disables)"),
     ckpt_every: int = typer.Option(500, help="checkpoint every N steps"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
@@ -127,7 +129,8 @@ def train_cmd(
         sigma_cond=sigma_cond, steps=steps, sigma_mid=sigma_mid, divergence=divergence,
         r1_gamma=r1_gamma, r1_interval=r1_interval, disc_sigma=disc_sigma,
         disc_features=disc_features, objective_options=parse_options(option),
-        ema_halflife=ema_halflife, eval_every=eval_every, eval_n=eval_n, ckpt_every=ckpt_every)
+        ema_halflife=ema_halflife, eval_every=eval_every,
+        eval_at=parse_ints(eval_at, "--eval-at") or [], eval_n=eval_n, ckpt_every=ckpt_every)
     rec = train_onestep(cfg, str(out), device=device)
     shown = {k: rec[k] for k in ("fd_classifier", "precision", "recall", "coverage") if k in rec}
     typer.echo(f"done: {out} ({rec.get('images_seen', 0)} images) "

@@ -63,11 +63,15 @@ class Extractor:
         return self
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(features [N, d] float64 on the CPU, predicted labels [N] or None)."""
+    def __call__(self, images: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(features [N, d] float64 on the CPU, predicted labels [N] or None, the classifier's
+        confidence in them (largest softmax probability) [N] or None)."""
         f = self.net(images.to(self.device, torch.float32))
-        labels = None if self.head is None else self.head(f).argmax(1).cpu()
-        return f.double().cpu(), labels
+        if self.head is None:
+            return f.double().cpu(), None, None
+        conf, labels = self.head(f).float().softmax(1).max(1)
+        return f.double().cpu(), labels.cpu(), conf.double().cpu()
 
 
 def classifier_extractor(train: Dataset, test: Dataset | None = None) -> Extractor:

@@ -10,7 +10,9 @@ a time into a `FeatureSummary`, whose memory does not grow with the number of im
 - `fd_<network>` (`fid` for Inception): Frechet distance of the two Gaussians;
 - `kid_<network>` (`kid` for Inception): unbiased KID on the kept features;
 - `precision`, `recall`, `density`, `coverage`: k-NN manifold estimates on the kept features;
-- `class_entropy`, `classes_covered`, `class_kl_uniform` (classifier only): of the samples' labels.
+- `class_entropy`, `classes_covered`, `class_kl_uniform`, `mean_confidence` (classifier only):
+  of the samples' labels, and the classifier's mean confidence in them (largest softmax
+  probability; real digits score near 1, scribbles lower).
 The reference is the data (abs) or another generator's samples (rel).
 
 Data summaries are cached under `$INITPROBE_CACHE/stats/<key>.npz`, key = sha256 of the images
@@ -38,7 +40,7 @@ from .extractors import Extractor
 from .features import cache_dir
 
 KEEP = 2000  # feature vectors kept per side for KID and the k-NN estimates (memory is KEEP^2)
-STATS_VERSION = 1
+STATS_VERSION = 2
 
 
 class FeatureSummary:
@@ -49,6 +51,7 @@ class FeatureSummary:
         self.keep = keep
         self._kept: list[np.ndarray] = []
         self.histogram: np.ndarray | None = None
+        self.confidence_sum = 0.0       # sum of the classifier's confidence (classifier only)
 
     @property
     def n(self) -> int:
@@ -59,8 +62,9 @@ class FeatureSummary:
         return np.concatenate(self._kept)
 
     def update(self, features: torch.Tensor, labels: torch.Tensor | None = None,
-               num_classes: int | None = None) -> None:
-        """Add one batch of features [b, d] (and predicted labels [b] of `num_classes`)."""
+               num_classes: int | None = None, confidence: torch.Tensor | None = None) -> None:
+        """Add one batch of features [b, d] (and predicted labels [b] of `num_classes` with
+        the classifier's confidence [b] in them)."""
         f = features.double().cpu().numpy()
         room = self.keep - sum(len(k) for k in self._kept)
         if room > 0:
@@ -69,12 +73,19 @@ class FeatureSummary:
         if labels is not None:
             counts = np.bincount(labels.cpu().numpy(), minlength=num_classes)
             self.histogram = counts if self.histogram is None else self.histogram + counts
+        if confidence is not None:
+            self.confidence_sum += float(confidence.sum())
+
+    @property
+    def mean_confidence(self) -> float:
+        """The classifier's mean confidence in its labels (largest softmax probability)."""
+        return self.confidence_sum / max(self.n, 1)
 
     def save(self, path) -> None:
         """One atomic `.npz`; its `n`, `mean`, `m2` entries are also `FeatureStats.load`'s."""
         m2 = self.stats.cov * (self.n - 1)
         arrays = dict(n=np.int64(self.n), mean=self.stats.mean, m2=m2, kept=self.kept,
-                      keep=np.int64(self.keep))
+                      keep=np.int64(self.keep), confidence_sum=np.float64(self.confidence_sum))
         if self.histogram is not None:
             arrays["histogram"] = self.histogram
         atomic_save_npz(path, **arrays)
@@ -85,6 +96,7 @@ class FeatureSummary:
             s = cls(int(z["keep"]))
             s._kept = [z["kept"]]
             s.histogram = z["histogram"] if "histogram" in z.files else None
+            s.confidence_sum = float(z["confidence_sum"])
         s.stats = FeatureStats.load(path)
         return s
 
@@ -94,8 +106,8 @@ def summarize(extractor: Extractor, batches: Iterable[torch.Tensor],
     """Stream image batches through the feature network into a `FeatureSummary`."""
     summary = FeatureSummary(keep)
     for images in batches:
-        feats, labels = extractor(images)
-        summary.update(feats, labels, extractor.num_classes)
+        feats, labels, confidence = extractor(images)
+        summary.update(feats, labels, extractor.num_classes, confidence)
     if summary.n < 2:
         raise UserError(f"quality needs at least 2 images, got {summary.n}; raise --n")
     return summary
@@ -154,6 +166,7 @@ def quality_metrics(samples: FeatureSummary, reference: FeatureSummary, extracto
         labels = np.repeat(np.arange(len(samples.histogram)), samples.histogram)
         cls = class_histogram_stats(labels, len(samples.histogram))
         out.update(class_entropy=cls["entropy"], classes_covered=cls["classes_covered"],
-                   class_kl_uniform=cls["kl_to_uniform"])
+                   class_kl_uniform=cls["kl_to_uniform"],
+                   mean_confidence=samples.mean_confidence)
     out.update(n_samples=samples.n, n_reference=reference.n)
     return {key: float(v) for key, v in out.items()}

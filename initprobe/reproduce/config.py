@@ -9,7 +9,8 @@ profiles.toml has one table per profile (`quick`, `mnist`, ...):
   `data_path` does not exist (the findings say so);
 - `student`: `OneStepConfig` options shared by every run (batch, learning rates, evaluation);
 - `measure`: `n` (samples per quality / spectrum measurement), `n_images` (real images for
-  probes, CKA and spectra).
+  probes, CKA and spectra);
+- `gate`: the teacher's quality gate (`GATE_DEFAULTS`, checked by `gate.py`).
 
 A study file (`c1_teacher_vs_random.toml`) states `claim` (`C1`), `statement`, `method`,
 `[profiles.<name>]` with `images` (budget in images seen per run) and `seeds`, `[runs.<label>]`
@@ -38,12 +39,15 @@ PROFILES_FILE = "profiles.toml"
 RUN_KEYS = ("objective", "init", "reinit", "shuffle", "transfer_from", "transfer_layers",
             "interpolate", "freeze", "precond", "sigma_cond", "steps", "sigma_mid", "divergence",
             "r1_gamma", "r1_interval", "disc_sigma", "disc_features", "objective_options")
-STUDENT_KEYS = ("batch", "lr", "lr_aux", "betas", "eval_n", "eval_every",
+STUDENT_KEYS = ("batch", "lr", "lr_aux", "betas", "eval_n", "eval_every", "eval_at",
                 "eval_classifier_steps", "ckpt_every", "log_every", "ema_halflife")
 TEACHER_KEYS = tuple(f.name for f in fields(TeacherConfig) if f.name not in ("unet",))
 FALLBACK_KEYS = ("data", "data_path", "seed", "size")
 PROFILE_KEYS = ("description", "data", "data_path", "teacher", "other_teacher", "student",
-                "measure")
+                "measure", "gate")
+# the teacher's quality gate (`gate.py`); max_kid_ratio None: not checked
+GATE_DEFAULTS = {"n": 1000, "heun_steps": 18, "max_fd_ratio": 3.0, "max_kid_ratio": None,
+                 "min_classes": 10, "max_class_kl": 0.05, "min_confidence_ratio": 0.95}
 MEASURE_DEFAULTS = {"n": 500, "n_images": 256}
 STUDY_KEYS = ("claim", "statement", "method", "profiles", "runs", "measure", "rules", "report")
 OTHER = "other"
@@ -100,6 +104,7 @@ class Profile:
     other_teacher: dict | None
     student: dict
     measure: dict
+    gate: dict = field(default_factory=lambda: dict(GATE_DEFAULTS))
 
     def key(self) -> dict:
         return {k: getattr(self, k) for k in ("data", "data_path", "teacher", "other_teacher",
@@ -131,12 +136,19 @@ def load_profile(folder: Path, name: str, data_path: str | None = None) -> Profi
     for k, v in measure.items():
         where.check(isinstance(v, int) and v >= 10, f"{name}.measure.{k}",
                     f"must be an integer >= 10, got {v!r}")
+    gate = {**GATE_DEFAULTS, **where.table(p.get("gate", {}), f"{name}.gate")}
+    where.known(gate, tuple(GATE_DEFAULTS), f"{name}.gate")
+    for k, v in gate.items():
+        if v is not None or k != "max_kid_ratio":
+            where.number(v, f"{name}.gate.{k}", positive=k in ("n", "heun_steps"))
+    where.check(gate["n"] >= 10 and gate["n"] == int(gate["n"]), f"{name}.gate.n",
+                f"must be an integer >= 10, got {gate['n']!r}")
     path_ = data_path or p.get("data_path")
     if p["data"] != "digits" and not path_:
         raise UserError(f"profile {name} trains on {p['data']}: pass --data-path PATH (or set "
                         f"{name}.data_path in {path})")
     return Profile(name, p.get("description", ""), p["data"], path_, teacher, other, student,
-                   measure)
+                   measure, gate)
 
 
 @dataclass
@@ -152,6 +164,8 @@ class Study:
     measure: dict[str, dict]
     rules: list[dict]
     report: list[str] = field(default_factory=list)
+    budgets: list[int] = field(default_factory=list)   # verdicts at these images seen
+
 
     @property
     def stem(self) -> str:
@@ -233,9 +247,12 @@ def _check_rule(where: _Where, i: int, rule: dict, study: Study) -> None:
     for m in rule_metrics(rule):
         where.check(m in metrics, f"{key}.metric", f"unknown metric {m!r}; the study's "
                                                    f"measurements give {sorted(metrics)}")
-    for k in ("rel", "k", "min_rho", "min_abs"):
+    for k in ("rel", "k", "min_rho", "min_abs", "effect"):
         if k in rule:
             where.number(rule[k], f"{key}.{k}", positive=k in ("rel",))
+    if "alpha" in rule:
+        where.check(where.number(rule["alpha"], f"{key}.alpha") > 0 and rule["alpha"] < 0.5,
+                    f"{key}.alpha", f"must lie in (0, 0.5), got {rule['alpha']!r}")
     if kind == "correlation":
         where.check(rule["sign"] in SIGNS, f"{key}.sign", f"choose {' or '.join(SIGNS)}")
         where.check(isinstance(rule["groups"], list) and len(rule["groups"]) >= 3,
@@ -271,8 +288,10 @@ def load_study(path: Path, profile: Profile) -> Study:
     measure = where.table(doc.get("measure", {}), "measure")
     where.check(bool(measure), "measure", "missing; give at least one [measure.<name>]")
     measure = {name: _check_measure(where, name, opts, runs) for name, opts in measure.items()}
+    budgets = sorted({b for b in profile.student.get("eval_at", []) if b < images}
+                     | ({int(images)} if runs else set()))
     study = Study(path, profile.name, doc["claim"], doc["statement"], doc["method"], int(images),
-                  seeds, runs, measure, [], list(doc.get("report", [])))
+                  seeds, runs, measure, [], list(doc.get("report", [])), budgets)
     rules = doc.get("rules", [])
     where.check(isinstance(rules, list) and rules, "rules", "missing; give at least one "
                                                             "[[rules]]")

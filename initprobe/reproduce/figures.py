@@ -46,18 +46,23 @@ def _strip(ax, df: pd.DataFrame, order: list[str], log: bool = False) -> None:
 
 
 def quality_figure(tables: dict, path: Path, first_seed: int) -> Path:
-    """Learning curves of fd_classifier vs images seen (mean and sd over seeds); final
-    fd_classifier per run (teacher baselines dashed); final precision, recall and coverage."""
+    """Learning curves of fd_classifier and coverage vs images seen at every evaluation budget
+    (mean over seeds, band: sd; images seen on a log axis); final fd_classifier per run (teacher
+    baselines dashed); final precision, recall and coverage."""
     import seaborn as sns
     final, curves = tables["quality"], tables["curves"]
     order = _group_order(final)
-    fig, (ax_c, ax_f, ax_p) = _panels(3)
-    c = curves[curves["metric"] == "fd_classifier"]
-    sns.lineplot(c, x="x", y="value", hue="group", hue_order=order, errorbar="sd", marker="o",
-                 ax=ax_c)
+    fig, (ax_c, ax_v, ax_f, ax_p) = _panels(4)
+    curves = curves[curves["x"] > 0]  # the untrained start has no place on a log axis
+    for ax, metric, label in ((ax_c, "fd_classifier", "fd_classifier (lower is better)"),
+                              (ax_v, "coverage", "coverage (higher is better)")):
+        c = curves[curves["metric"] == metric]
+        sns.lineplot(c, x="x", y="value", hue="group", hue_order=order, errorbar="sd",
+                     marker="o", ax=ax, legend=ax is ax_c)
+        ax.set_xscale("log")
+        ax.set_xlabel("images seen")
+        ax.set_ylabel(label)
     ax_c.set_yscale("log")
-    ax_c.set_xlabel("images seen")
-    ax_c.set_ylabel("fd_classifier (lower is better)")
     ax_c.legend(fontsize=7)
     _strip(ax_f, _metric(final, "fd_classifier"), order, log=True)
     ax_f.set_ylabel("final fd_classifier")
@@ -181,8 +186,9 @@ def best_of_k_figure(tables: dict, path: Path, first_seed: int) -> Path:
 
 # measurement -> [(file suffix, draw, caption)]
 FIGURES = {
-    "quality": [("quality", quality_figure, "learning curves (fd_classifier vs images seen, "
-                 "mean and sd over seeds), final fd_classifier per run with the teacher's own "
+    "quality": [("quality", quality_figure, "learning curves (fd_classifier and coverage vs "
+                 "images seen at every evaluation budget, log axis; mean and sd band over "
+                 "seeds), final fd_classifier per run with the teacher's own "
                  "one-step and Heun outputs as dashed lines where measured, and final "
                  "precision / recall / coverage")],
     "memory": [("memory", memory_figure, "peak tensor memory of a few training steps per run")],

@@ -47,11 +47,14 @@ def _set_threads(threads: int) -> None:
 
 
 def train_ahead(ws: Workspace, studies: list[Study], jobs: int,
-                log: Callable[[str], None] = print) -> None:
-    """Train the studies' pending teachers, then their pending runs, `jobs` at a time."""
+                log: Callable[[str], None] = print,
+                between: Callable[[], None] = lambda: None) -> None:
+    """Train the studies' pending teachers, call `between` (the teacher's gate), then train
+    their pending runs, `jobs` at a time."""
     roles, runs = pending(ws, studies)
     teachers = [r for r in roles if not finished(ws.teacher_dir(r), ws.teacher_config(r).images)]
     if not teachers and not runs:
+        between()
         return
     threads = torch.get_num_threads()
     log(f"training ahead: {len(teachers)} teachers, then {len(runs)} runs, {jobs} processes "
@@ -63,6 +66,7 @@ def train_ahead(ws: Workspace, studies: list[Study], jobs: int,
                    for r in teachers}
         for future in as_completed(started):
             log(f"  {started[future]} teacher done in {future.result():.0f} s")
+        between()
         started = {pool.submit(run_job, cfg, out, device): (label, cfg)
                    for out, (label, cfg) in runs.items()}
         for k, future in enumerate(as_completed(started), 1):

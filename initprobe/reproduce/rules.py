@@ -5,26 +5,35 @@ Numbers come from a measurement table (`Measured`): the per-seed values of one m
 group. A group reference is a group name (`teacher-init`, `teacher-init@init`) or a group at one
 sweep position, `name[x]` (`best-of-K[8]`); comparison rules also accept a plain number for `b`.
 
-Spread. s = k x the largest sample standard deviation (ddof 1; 0 for a single value) of the
-groups a rule compares (`k` defaults to 1). A rule holds when its claim is true even after moving
-the measured difference by s against the claim, does not hold when the opposite is true even
-after moving it by s in the claim's favour, and is inconclusive in between:
+Comparisons of groups (less_than, greater_than, at_most, within, closer) are decided by a test
+AND a minimum effect size, so that neither float rounding nor a tiny but consistent gap decides a
+verdict. D is the difference the claim is about (below); [lo, hi] its two-sided (1 - alpha)
+confidence interval (`alpha` defaults to 0.05), from Student's t on the seed-matched
+differences when both sides were measured on the same seeds (paired), else Welch's t (a single
+value or a constant counts as exact). m is the minimum effect: `effect` (default 0.1) times the
+larger of the compared means' magnitudes (closer: times the near-far gap).
+
+| type | arguments | D | holds | does not hold |
+| --- | --- | --- | --- | --- |
+| less_than | a, b, effect | b - a | lo > 0 and D >= m | hi < m |
+| greater_than | a, b, effect | a - b | lo > 0 and D >= m | hi < m |
+| at_most | a, b, rel | a - b | hi <= rel abs(mean b) | lo > rel abs(mean b) |
+| within | a, b, rel | a - b | -tol <= lo, hi <= tol; tol = rel abs(mean b) | lo > tol, hi < -tol |
+| closer | a, near, far, effect | abs(a - far) - abs(a - near) | lo > 0 and D >= m | hi < m |
+
+(closer: per seed when all three groups share their seeds, else on the means with the summed
+variances, a counted twice.) Sweeps and correlations keep a spread margin, s = k x the largest
+sample standard deviation of the groups compared (`k` defaults to 1):
 
 | type | arguments | holds | does not hold |
 | --- | --- | --- | --- |
-| less_than | a, b | mean a < mean b - s | mean a > mean b + s |
-| greater_than | a, b | mean a > mean b + s | mean a < mean b - s |
-| at_most | a, b, rel | d + s <= rel abs(mean b) | d - s > rel abs(mean b); d = mean a - mean b |
-| within | a, b, rel | abs(d) + s <= rel abs(mean b) | abs(d) - s > rel abs(mean b) |
-| closer | a, near, far | dist(a, near) + s < dist(a, far) | dist(a, near) > dist(a, far) + s |
 | increasing | group | Spearman(x, mean) >= min_rho and last - first > s | Spearman <= 0 |
 | flat | group, rel | range + s <= rel mean | range - s > rel mean (range over x) |
 | correlation | groups, x_metric, y_metric, sign | sign x rho >= min_abs | sign x rho <= 0 |
 
-(`dist` is the distance of the group means; `increasing` and `flat` run over the sweep positions
-x of one group, `correlation` (rho: Spearman) over the group means of several groups. A claim's
-verdict combines its rules: holds if all hold, does not hold if any does not hold, inconclusive
-otherwise.)
+(`increasing` and `flat` run over the sweep positions x of one group, `correlation` (rho:
+Spearman) over the group means of several groups. A claim's verdict combines its rules: holds if
+all hold, does not hold if any does not hold, inconclusive otherwise.)
 """
 
 import math
@@ -34,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 _REF = re.compile(r"^(?P<group>.+?)\[(?P<x>[-+0-9.eE]+)\]$")
@@ -46,6 +56,7 @@ class Stats:
     ref: str
     values: list[float]
     constant: bool = False           # a number given in the rule, not a measurement
+    seeds: list[float] = field(default_factory=list)   # the seed of each value (NaN: none)
 
     @property
     def n(self) -> int:
@@ -102,7 +113,8 @@ class Measured:
         else:
             rows = self._rows(ref, metric)
             rows = rows[rows["x"].isna()]
-        return Stats(ref, [float(v) for v in rows["value"].dropna()])
+        rows = rows.dropna(subset=["value"])
+        return Stats(ref, [float(v) for v in rows["value"]], seeds=[float(s) for s in rows["seed"]])
 
     def sweep(self, group: str, metric: str) -> list[tuple[float, Stats]]:
         """(x, values) of a group at each of its sweep positions, x ascending."""
@@ -126,6 +138,75 @@ def _missing(*stats: Stats) -> Outcome | None:
     return None
 
 
+@dataclass
+class Interval:
+    """A difference of means with its (1 - alpha) confidence interval."""
+
+    d: float
+    lo: float
+    hi: float
+    test: str                        # "paired t (n=5)", "Welch t", "exact"
+
+    def text(self) -> str:
+        if self.test == "exact":
+            return f"D={fmt(self.d)} (exact)"
+        return f"D={fmt(self.d)}, CI [{fmt(self.lo)}, {fmt(self.hi)}] ({self.test})"
+
+
+def _paired(*stats: Stats) -> bool:
+    """Whether the groups were measured on the same seeds (each seed once)."""
+    keys = [s.seeds for s in stats]
+    return (all(len(k) == len(set(k)) >= 2 and not any(map(math.isnan, k)) for k in keys)
+            and all(set(k) == set(keys[0]) for k in keys))
+
+
+def _by_seed(s: Stats) -> dict[float, float]:
+    return dict(zip(s.seeds, s.values))
+
+
+def _interval(diffs: np.ndarray | None, parts: list[tuple[float, Stats]], d: float,
+              alpha: float) -> Interval:
+    """CI of d: from per-seed differences `diffs` (paired), or Welch over `parts`, a list of
+    (coefficient, Stats) whose weighted means make d."""
+    if diffs is not None:
+        n = len(diffs)
+        se, df = float(np.std(diffs, ddof=1)) / math.sqrt(n), n - 1
+        test = f"paired t, n={n}"
+    else:
+        terms = [(c * c * st.std ** 2 / st.n, st.n) for c, st in parts
+                 if not st.constant and st.n > 1]
+        var = sum(v for v, _ in terms)
+        se = math.sqrt(var)
+        df = var ** 2 / sum(v ** 2 / (n - 1) for v, n in terms) if var > 0 else math.inf
+        test = "Welch t"
+    if se == 0:
+        return Interval(d, d, d, "exact")
+    half = float(scipy_stats.t.ppf(1 - alpha / 2, df)) * se
+    return Interval(d, d - half, d + half, test)
+
+
+def _difference(a: Stats, b: Stats, alpha: float) -> Interval:
+    """mean(a) - mean(b) with its CI."""
+    if _paired(a, b):
+        ba = _by_seed(b)
+        diffs = np.array([v - ba[k] for k, v in _by_seed(a).items()])
+        return _interval(diffs, [], float(diffs.mean()), alpha)
+    return _interval(None, [(1.0, a), (-1.0, b)], a.mean - b.mean, alpha)
+
+
+def _alpha(rule: dict) -> float:
+    return rule.get("alpha", 0.05)
+
+
+def _effect(rule: dict, scale: float) -> float:
+    return rule.get("effect", 0.1) * abs(scale)
+
+
+def _decide(ci: Interval, m: float) -> str:
+    """holds: D is positive (CI above 0) and at least m; does not hold: D below m (CI)."""
+    return _verdict(ci.lo > 0 and ci.d >= m, ci.hi < m)
+
+
 def _pair(rule: dict, m: Measured, metric: str) -> tuple[Stats, Stats]:
     return m.stats(rule["a"], metric), m.stats(rule["b"], metric)
 
@@ -134,35 +215,42 @@ def _less(rule, m, metric, sign: float) -> Outcome:
     a, b = _pair(rule, m, metric)
     if (out := _missing(a, b)) is not None:
         return out
-    s = _spread(rule, a, b)
-    d = sign * (b.mean - a.mean)  # > 0 when the claim's direction is measured
-    return Outcome(_verdict(d > s, -d > s), f"{a.text()} vs {b.text()}; margin s={fmt(s)}",
-                   [a, b])
+    ci = _difference(b, a, _alpha(rule)) if sign > 0 else _difference(a, b, _alpha(rule))
+    need = _effect(rule, max(abs(a.mean), abs(b.mean)))
+    return Outcome(_decide(ci, need), f"{a.text()} vs {b.text()}; {ci.text()}, min effect "
+                                      f"{fmt(need)}", [a, b])
 
 
 def _tolerance(rule, m, metric, absolute: bool) -> Outcome:
     a, b = _pair(rule, m, metric)
     if (out := _missing(a, b)) is not None:
         return out
-    s = _spread(rule, a, b)
-    d = a.mean - b.mean
-    d = abs(d) if absolute else d
+    ci = _difference(a, b, _alpha(rule))
     tol = rule["rel"] * abs(b.mean)
+    if absolute:
+        verdict = _verdict(-tol <= ci.lo and ci.hi <= tol, ci.lo > tol or ci.hi < -tol)
+    else:
+        verdict = _verdict(ci.hi <= tol, ci.lo > tol)
     word = "within" if absolute else "at most"
-    return Outcome(_verdict(d + s <= tol, d - s > tol),
-                   f"{a.text()} {word} {rule['rel']:.0%} of {b.text()}; margin s={fmt(s)}",
-                   [a, b])
+    return Outcome(verdict, f"{a.text()} {word} {rule['rel']:.0%} of {b.text()} (tol "
+                            f"{fmt(tol)}); {ci.text()}", [a, b])
 
 
 def _closer(rule, m, metric) -> Outcome:
     a, near, far = (m.stats(rule[key], metric) for key in ("a", "near", "far"))
     if (out := _missing(a, near, far)) is not None:
         return out
-    s = _spread(rule, a, near, far)
     dn, df = abs(a.mean - near.mean), abs(a.mean - far.mean)
-    return Outcome(_verdict(df - dn > s, dn - df > s),
+    if _paired(a, near, far):
+        va, vn, vf = _by_seed(a), _by_seed(near), _by_seed(far)
+        diffs = np.array([abs(va[k] - vf[k]) - abs(va[k] - vn[k]) for k in va])
+        ci = _interval(diffs, [], float(diffs.mean()), _alpha(rule))
+    else:
+        ci = _interval(None, [(2.0, a), (1.0, near), (1.0, far)], df - dn, _alpha(rule))
+    need = _effect(rule, far.mean - near.mean)
+    return Outcome(_decide(ci, need),
                    f"{a.text()}: distance {fmt(dn)} to {near.text()} vs {fmt(df)} to "
-                   f"{far.text()}; margin s={fmt(s)}", [a, near, far])
+                   f"{far.text()}; {ci.text()}, min effect {fmt(need)}", [a, near, far])
 
 
 def _spearman(x, y) -> float:
@@ -218,14 +306,17 @@ class RuleType:
     refs: tuple[str, ...] = ()          # arguments naming groups
 
 
+TESTED = ("alpha", "effect")
 RULES = {
-    "less_than": RuleType(lambda r, m, k: _less(r, m, k, 1.0), ("a", "b"), refs=("a", "b")),
-    "greater_than": RuleType(lambda r, m, k: _less(r, m, k, -1.0), ("a", "b"), refs=("a", "b")),
+    "less_than": RuleType(lambda r, m, k: _less(r, m, k, 1.0), ("a", "b"), TESTED,
+                          refs=("a", "b")),
+    "greater_than": RuleType(lambda r, m, k: _less(r, m, k, -1.0), ("a", "b"), TESTED,
+                             refs=("a", "b")),
     "at_most": RuleType(lambda r, m, k: _tolerance(r, m, k, False), ("a", "b", "rel"),
-                        refs=("a", "b")),
+                        ("alpha",), refs=("a", "b")),
     "within": RuleType(lambda r, m, k: _tolerance(r, m, k, True), ("a", "b", "rel"),
-                       refs=("a", "b")),
-    "closer": RuleType(_closer, ("a", "near", "far"), refs=("a", "near", "far")),
+                       ("alpha",), refs=("a", "b")),
+    "closer": RuleType(_closer, ("a", "near", "far"), TESTED, refs=("a", "near", "far")),
     "increasing": RuleType(_increasing, ("group",), ("k", "min_rho"), refs=("group",)),
     "flat": RuleType(_flat, ("group", "rel"), refs=("group",)),
     "correlation": RuleType(_correlation, ("groups", "x_metric", "y_metric", "sign"),

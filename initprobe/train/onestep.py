@@ -11,7 +11,8 @@ ramp-up ratio 0.05), so the state after N images does not depend on the budget a
 curves from runs of different budgets agree; a number fixes the half-life in images; 0 disables
 the EMA (it then equals the generator).
 
-Evaluation (rank 0): at the start, every `eval_every` images and at the end, `sample_quality` of
+Evaluation (rank 0): at the start, every `eval_every` images, at the first step reaching each of
+`eval_at` (log-spaced budgets: one run yields the whole learning curve) and at the end, quality of
 `eval_n` EMA samples from latent seeds 0..eval_n-1 against the training images, on the cached
 domain classifier (`measure.features.load_or_train`, `eval_classifier_steps`). metrics.jsonl holds
 `kind: "train"` lines (losses, images/s) and `kind: "eval"` lines (fd_classifier, precision, ...).
@@ -93,7 +94,8 @@ class OneStepConfig:
     objective_options: dict = field(default_factory=dict)
     # bookkeeping
     ema_halflife: float | None = None
-    eval_every: int = 10_000        # images
+    eval_every: int = 10_000        # images (0: only at eval_at and the end)
+    eval_at: list[int] = field(default_factory=list)   # and at these images seen (budgets)
     eval_n: int = 500               # 0 disables evaluation
     eval_classifier_steps: int = 1500
     ckpt_every: int = 500           # steps
@@ -111,10 +113,15 @@ def resolve_config(cfg: OneStepConfig) -> OneStepConfig:
     _check(bool(cfg.teacher), "no teacher given; pass --teacher CHECKPOINT (a run directory or "
                               ".safetensors file)")
     objective_class(cfg.objective)
-    for name in ("images", "batch", "ckpt_every", "log_every", "eval_every", "r1_interval",
+    for name in ("images", "batch", "ckpt_every", "log_every", "r1_interval",
                  "eval_classifier_steps"):
         _check(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be positive, got "
                                        f"{getattr(cfg, name)}")
+    _check(cfg.eval_every >= 0, f"--eval-every must be >= 0 (0: only --eval-at and the end), "
+                                f"got {cfg.eval_every}")
+    _check(all(isinstance(b, int) and b > 0 for b in cfg.eval_at),
+           f"--eval-at {cfg.eval_at}: give positive image counts")
+    cfg.eval_at = sorted(set(cfg.eval_at))
     _check(cfg.eval_n == 0 or cfg.eval_n >= 10,
            f"--eval-n {cfg.eval_n} is too small for the k-NN metrics; use 0 (off) or >= 10")
     if cfg.lr_aux is None:
@@ -210,6 +217,14 @@ class _Evaluator:
     def __call__(self, sample, ema) -> dict:
         batches = _sample_batches(sample, ema, range(self.cfg.eval_n), self.shape, self.dev)
         return quality_metrics(summarize(self.extractor, batches), self.reference, self.extractor)
+
+
+def _evaluates(cfg: OneStepConfig, step: int, total: int) -> bool:
+    """Whether step `step` ends with an evaluation: the last step, every `eval_every` images and
+    the first step at or past each of `eval_at`."""
+    before, now = (step - 1) * cfg.batch, step * cfg.batch
+    return (step == total or any(before < b <= now for b in cfg.eval_at)
+            or (cfg.eval_every > 0 and now // cfg.eval_every > before // cfg.eval_every))
 
 
 def _ema_halflife(cfg: OneStepConfig, images_seen: int) -> float:
@@ -308,8 +323,7 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
                              "img_s": f"{rate:.0f}"})
             if ddp.main:
                 append_jsonl(run.metrics, record)
-        if evaluate and (step == total or step * cfg.batch // cfg.eval_every
-                         > (step - 1) * cfg.batch // cfg.eval_every):
+        if evaluate and _evaluates(cfg, step, total):
             record = log_eval(step)
         if ddp.main and (step % cfg.ckpt_every == 0 or step == total):
             run.save(step, gen, ema, _state(step, gen, ema, opt, objective),

@@ -22,6 +22,10 @@ class TeacherConfig:
     data_path: str | None = None
     size: int | None = None         # image side; default: the dataset's UNet size
     preset: str = "tiny"
+    # architecture overrides of the preset (None: the preset's value)
+    model_channels: int | None = None
+    channel_mult: list[int] | None = None
+    attn_res: list[int] | None = None   # resolutions with self-attention ([] for none)
     precond: str = "edm"
     images: int = 400_000           # training budget in images seen
     batch: int = 128
@@ -44,11 +48,31 @@ def resolve_config(cfg: TeacherConfig) -> TeacherConfig:
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, "
                             f"got {getattr(cfg, name)}")
+    arch = dict(PRESETS[cfg.preset])
+    if cfg.model_channels is not None:
+        if cfg.model_channels <= 0:
+            raise UserError(f"--model-channels must be positive, got {cfg.model_channels}")
+        arch["model_channels"] = cfg.model_channels
+    if cfg.channel_mult is not None:
+        if not cfg.channel_mult or any(m <= 0 for m in cfg.channel_mult):
+            raise UserError(f"--channel-mult must be positive integers like 1,2,2, got "
+                            f"{cfg.channel_mult}")
+        arch["channel_mult"] = list(cfg.channel_mult)
+    if cfg.attn_res is not None:
+        arch["attn_resolutions"] = list(cfg.attn_res)
     data = load_dataset(cfg.data, cfg.data_path, size=cfg.size, limit=8)
     c, h, _ = data.shape
+    levels = len(arch["channel_mult"])
+    if h % 2 ** (levels - 1):
+        raise UserError(f"{h}x{h} images cannot be halved {levels - 1} times for "
+                        f"--channel-mult {arch['channel_mult']}; use fewer levels or another "
+                        f"--size")
+    resolutions = [h >> i for i in range(levels)]
+    bad = [r for r in arch["attn_resolutions"] if r not in resolutions]
+    if bad:
+        raise UserError(f"--attn-res {bad}: the network's resolutions are {resolutions}")
     cfg.size = h
-    cfg.unet = UNetConfig(img_resolution=h, in_channels=c, out_channels=c,
-                          **PRESETS[cfg.preset]).to_dict()
+    cfg.unet = UNetConfig(img_resolution=h, in_channels=c, out_channels=c, **arch).to_dict()
     return cfg
 
 

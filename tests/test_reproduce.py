@@ -347,3 +347,36 @@ def test_runs_trained_ahead_in_worker_processes_equal_the_serial_ones(tmp_path):
     lines.clear()
     train_ahead(ahead, studies, jobs=2, log=lines.append)
     assert lines == []  # everything finished: no pool is started
+
+
+# ---- verdicts per budget -----------------------------------------------------------------
+
+def test_verdicts_are_judged_at_every_budget_and_the_change_is_reported(tmp_path):
+    from initprobe.reproduce.findings import evaluate_study, findings_markdown, transitions
+    from initprobe.reproduce.runner import StudyResult
+    folder = write_experiments(tmp_path / "exp")
+    study = load_study(folder / "c1_mini.toml", load_profile(folder, "mini"))
+    study.budgets = [1000, 5000, 20000]
+    curve = []
+    for seed in range(5):
+        for x, teacher, random in ((1024, 50, 900), (5056, 40, 300), (20032, 30, 30)):
+            jitter = 0.5 * seed  # the gap closes by the last budget, same seeds both groups
+            curve += measures.rows("teacher-init", seed, {"fd_classifier": teacher + jitter},
+                                   x=x)
+            curve += measures.rows("random-init", seed, {"fd_classifier": random - jitter},
+                                   x=x)
+    curves = measures.table(curve)
+    final = curves[curves["x"] == 20032].assign(x=math.nan)
+    cka = measures.table(measures.rows("teacher-init", 0, {"cka_after": 0.9}))
+    result = StudyResult(study, tmp_path, "cached",
+                         {"quality": final, "curves": curves, "cka": cka}, 0.0)
+    findings = evaluate_study(result, "mini", [])
+    by_budget = (findings.drop_duplicates(["budget_images", "rule"])
+                 .set_index("budget_images")["verdict"].to_dict())
+    assert by_budget == {1000: HOLDS, 5000: HOLDS, 20000: FAILS}
+    assert set(findings[findings["budget_images"] == 1000]["mean"]) == {51.0, 899.0}
+    steps = list(zip([1000, 5000, 20000], [HOLDS, HOLDS, FAILS]))
+    assert transitions(steps) == "holds up to 5k; does not hold from 20k"
+    assert transitions([(1000, HOLDS), (2000, HOLDS)]) == "holds at every budget (1k-2k)"
+    md = findings_markdown(findings, [result], "header")
+    assert "holds up to 5k; does not hold from 20k" in md

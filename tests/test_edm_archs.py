@@ -25,6 +25,7 @@ from edm_records import (
 
 from initprobe.errors import UserError
 from initprobe.nets.edm_pickle import load_edm_pickle, read_pickle, record_tensors
+from initprobe.nets.io import load_network, read_meta, save_checkpoint
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
 
@@ -140,3 +141,17 @@ def test_a_cycle_inside_a_module_dict_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"enc\.8x8_block0\.loop contains itself") as e:
         load_edm_pickle(tmp_path / "cycle.pkl")
     assert "\n" not in str(e.value)
+
+
+def test_a_conditional_adm_converts_to_a_checkpoint_and_back(tmp_path):
+    cfg = known_cfg("adm", 10)
+    pkl = write_edm_pickle(tmp_path / "adm.pkl", fill(Denoiser(cfg, precond="edm")),
+                           wrapper="EDMPrecond", augment_dim=9)
+    net, info = load_edm_pickle(pkl)
+    save_checkpoint(tmp_path / "adm", net, **info)
+    back = load_network(tmp_path / "adm")
+    assert back.cfg == cfg and read_meta(tmp_path / "adm")["unet"]["model_type"] == "DhariwalUNet"
+    x, labels = known_inputs(cfg, KNOWN_SIGMAS["edm"])
+    with torch.no_grad():
+        assert torch.equal(back(x, torch.tensor(KNOWN_SIGMAS["edm"]), labels),
+                           net(x, torch.tensor(KNOWN_SIGMAS["edm"]), labels))

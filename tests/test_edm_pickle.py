@@ -200,3 +200,8 @@ def test_convert_cli_and_load_network_dispatch(tmp_path, tiny_pickle):
     assert torch.equal(outputs(load_network(out)), expected)
     assert torch.equal(outputs(load_network(pkl)), expected)
     assert load_network(pkl, precond="edm").precond == "edm"
+
+
+def test_storages_are_not_parsed_by_a_torch_with_known_holes(tmp_path, tiny_pickle, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    assert_one_line_error(tiny_pickle[0], "torch 2.5.1+cpu cannot parse untrusted", "torch>=2.10")

@@ -12,7 +12,8 @@ and plain attributes). EDM's own loader `exec`s `module_src`; this one never loo
 `builtins.exec`, ...) is refused with a `UserError` naming it before it is called:
 - the persistence call -> `_Record` (class name and state, nothing run), `ModuleDict` -> `_Record`;
 - tensor rebuilds: `torch._utils._rebuild_tensor_v2` / `_rebuild_parameter`, and storages
-  (`torch.storage._load_from_bytes`) through `torch.load(weights_only=True)`;
+  (`torch.storage._load_from_bytes`) through `torch.load(weights_only=True)`, only on a torch
+  without its known holes (>= 2.10; pyproject requires it);
 - containers: `collections.OrderedDict`, `builtins.set`;
 - numpy scalars in recorded kwargs (`numpy.dtype`, `numpy[._]core.multiarray.scalar`), numeric only.
 
@@ -31,10 +32,13 @@ from types import MappingProxyType
 
 import numpy as np
 import torch
+from torch.torch_version import TorchVersion
 
 from ..errors import UserError
 from .edm_arch import architecture
 from .precond import Denoiser
+
+SAFE_TORCH = "2.10"  # torch.load(weights_only=True) has no known hole from here on
 
 
 class _Record:
@@ -62,6 +66,9 @@ def _persistent(meta):
 
 
 def _storage(data: bytes):
+    if TorchVersion(torch.__version__) < SAFE_TORCH:
+        raise UserError(f"torch {torch.__version__} cannot parse untrusted tensor storages safely "
+                        f"(CVE-2025-32434, CVE-2026-24747); pip install 'torch>={SAFE_TORCH}'")
     try:
         return torch.load(io.BytesIO(data), weights_only=True)
     except Exception:  # noqa: BLE001 - torch's restricted loader refused or failed to parse

@@ -77,11 +77,12 @@ def parse(layer: str, kind: str = "") -> LayerId:
     return LayerId(layer, side, int(res), block, sub or "", kind)
 
 
-def _described(net: nn.Module) -> nn.Module | None:
-    """The network or inner model that describes its own layers, if any."""
+def _own(net: nn.Module, attr: str):
+    """`attr` (canonical_layers, canonical_blocks, lowest_resolution) of the network, or of its
+    inner model, for networks that describe themselves; None otherwise."""
     for m in (net, getattr(net, "model", None)):
-        if hasattr(m, "canonical_layers"):
-            return m
+        if hasattr(m, attr):
+            return getattr(m, attr)
     return None
 
 
@@ -95,8 +96,8 @@ def unet_of(net: nn.Module) -> UNet:
 
 def named_layers(net: nn.Module) -> dict[str, nn.Module]:
     """Canonical id -> parameter-owning module, in network order (embedding, encoder, decoder)."""
-    if _described(net) is not None:
-        return _described(net).canonical_layers()
+    if _own(net, "canonical_layers") is not None:
+        return _own(net, "canonical_layers")()
     return {name: m for name, m in unet_of(net).named_modules()
             if isinstance(m, (Conv2d, Linear, GroupNorm)) and any(True for _ in m.parameters())}
 
@@ -104,8 +105,8 @@ def named_layers(net: nn.Module) -> dict[str, nn.Module]:
 def named_blocks(net: nn.Module) -> dict[str, nn.Module]:
     """Block id -> block module (`enc.16x16_block0`, `dec.4x4_in0`, ...), in network order;
     NCSN++'s parameter-free resamplers (`enc.RxR_aux_down`, `dec.RxR_aux_up`) are not blocks."""
-    if _described(net) is not None:
-        return _described(net).canonical_blocks()
+    if _own(net, "canonical_blocks") is not None:
+        return _own(net, "canonical_blocks")()
     u = unet_of(net)
     return {f"{side}.{name}": m for side in ("enc", "dec")
             for name, m in getattr(u, side).items()
@@ -124,8 +125,8 @@ def last_conv_id(net: nn.Module, block_id: str) -> str | None:
 
 
 def lowest_res(net: nn.Module) -> int:
-    if _described(net) is not None:
-        return _described(net).lowest_resolution
+    if _own(net, "lowest_resolution") is not None:
+        return _own(net, "lowest_resolution")
     cfg = unet_of(net).cfg
     return cfg.img_resolution >> (len(cfg.channel_mult) - 1)
 

@@ -129,17 +129,39 @@ def test_adm_kwargs_are_checked_too(tmp_path):
         load_edm_pickle(pkl)
 
 
-def test_a_cycle_inside_a_module_dict_is_refused(tmp_path):
+def dump_mutated(path, mutate):
+    """A tiny network's records, changed by `mutate(model_record)`, pickled as {"ema": ...}."""
     ref = Denoiser(UNetConfig(**TINY), precond="vp")
     with fake_persistence():
         unet = record(ref.model, "")
         unet.state["_init_kwargs"] = model_kwargs(ref.cfg)
-        enc = unet.state["_modules"]["enc"]  # a torch ModuleDict holding records
-        enc._modules["8x8_block0"].state["_modules"]["loop"] = enc
+        mutate(unet)
         top = Persistent("VPPrecond", {"_modules": {"model": unet}, "_init_kwargs": {}}, "")
-        (tmp_path / "cycle.pkl").write_bytes(pickle.dumps({"ema": top}))
-    with pytest.raises(UserError, match=r"enc\.8x8_block0\.loop contains itself") as e:
-        load_edm_pickle(tmp_path / "cycle.pkl")
+        path.write_bytes(pickle.dumps({"ema": top}))
+    return path
+
+
+def _cycle(unet):
+    enc = unet.state["_modules"]["enc"]  # a torch ModuleDict holding records
+    enc._modules["8x8_block0"].state["_modules"]["loop"] = enc
+
+
+def _slot(key, value):
+    return lambda unet: unet.state["_modules"]["map_layer0"].state.update({key: value})
+
+
+@pytest.mark.parametrize("mutate,named", [
+    (_cycle, r"enc\.8x8_block0\.loop contains itself"),
+    (_slot("_modules", [1, 2]), "Linear's _modules is a list not keyed by names"),
+    (_slot("_parameters", {0: torch.zeros(1)}), "Linear's _parameters is a dict not keyed by"),
+    (_slot("_buffers", "abc"), "Linear's _buffers is a str"),
+    (_slot("_non_persistent_buffers_set", 3), "_non_persistent_buffers_set is a int, not a set"),
+    (_slot("_parameters", {"weight": [1.0]}), "map_layer0.weight is a list, not a tensor"),
+])
+def test_damaged_module_records_give_one_line_errors(tmp_path, mutate, named):
+    pkl = dump_mutated(tmp_path / "bad.pkl", mutate)
+    with pytest.raises(UserError, match=named) as e:
+        load_edm_pickle(pkl)
     assert "\n" not in str(e.value)
 
 

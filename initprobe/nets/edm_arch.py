@@ -20,6 +20,8 @@ run once on the meta device (no memory, no arithmetic), so kwargs that are each 
 fit together (channel counts GroupNorm cannot split, ...) are refused here too, not at sampling.
 """
 
+from collections.abc import Mapping
+
 import torch
 
 from ..errors import UserError
@@ -81,6 +83,16 @@ RULES = {
                         and all(_number(f) and f > 0 for f in v),
                         "a non-empty list of positive numbers, e.g. [1, 1] or [1, 3, 3, 1]"),
 }
+
+
+def slot(rec, name: str) -> Mapping:
+    """A module record's `_parameters`, `_buffers` or `_modules` (empty if absent); UserError if
+    it is not a mapping from names."""
+    value = rec.state.get(name) or {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise UserError(f"{rec.class_name}'s {name} is a {type(value).__name__} not keyed by "
+                        f"names; the file is damaged or crafted")
+    return value
 
 
 def _short(value) -> str:
@@ -161,7 +173,7 @@ def architecture(net) -> tuple[UNetConfig, str, dict]:
         raise UserError(f"preconditioning {net.class_name} is not supported (supported: "
                         f"{', '.join(PRECOND_KINDS)})")
     kind = PRECOND_KINDS[net.class_name]
-    model = (net.state.get("_modules") or {}).get("model")
+    model = slot(net, "_modules").get("model")
     if not hasattr(model, "class_name") or not hasattr(model, "state"):
         raise UserError(f"{net.class_name} has no `model` submodule")
     if model.class_name not in DEFAULTS:

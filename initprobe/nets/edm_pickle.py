@@ -35,7 +35,7 @@ import torch
 from torch.torch_version import TorchVersion
 
 from ..errors import UserError
-from .edm_arch import architecture
+from .edm_arch import architecture, slot
 from .precond import Denoiser
 
 SAFE_TORCH = "2.10"  # torch.load(weights_only=True) has no known hole from here on
@@ -138,14 +138,17 @@ def record_tensors(rec: _Record, prefix: str = "", _path: tuple = ()) -> dict[st
                         f"module records); the file is damaged or crafted")
     st, out = rec.state, {}
     transient = st.get("_non_persistent_buffers_set") or set()
-    for slot in ("_parameters", "_buffers"):
-        for name, t in (st.get(slot) or {}).items():
-            if t is None or (slot == "_buffers" and name in transient):
+    if not isinstance(transient, (set, frozenset)):
+        raise UserError(f"{prefix or 'net.'}_non_persistent_buffers_set is a "
+                        f"{type(transient).__name__}, not a set; the file is damaged or crafted")
+    for kind in ("_parameters", "_buffers"):
+        for name, t in slot(rec, kind).items():
+            if t is None or (kind == "_buffers" and name in transient):
                 continue
             if not isinstance(t, torch.Tensor):
                 raise UserError(f"{prefix}{name} is a {type(t).__name__}, not a tensor")
             out[prefix + name] = t.detach()
-    for name, sub in (st.get("_modules") or {}).items():
+    for name, sub in slot(rec, "_modules").items():
         if sub is None:
             continue
         if not isinstance(sub, _Record):

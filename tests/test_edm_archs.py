@@ -177,3 +177,13 @@ def test_a_conditional_adm_converts_to_a_checkpoint_and_back(tmp_path):
     with torch.no_grad():
         assert torch.equal(back(x, torch.tensor(KNOWN_SIGMAS["edm"]), labels),
                            net(x, torch.tensor(KNOWN_SIGMAS["edm"]), labels))
+
+
+def test_configs_serialize_compactly_and_round_trip():
+    plain = UNetConfig(**TINY).to_dict()
+    # a DDPM++ unconditional config reads as before the NCSN++/ADM/label fields existed
+    assert not {"encoder_type", "decoder_type", "label_dim", "label_dropout",
+                "model_type"} & set(plain)
+    for cfg in (UNetConfig(**TINY), known_cfg("adm", 10), known_cfg("ncsnpp-skip", 0),
+                UNetConfig(**TINY, label_dim=3, label_dropout=0.1)):
+        assert UNetConfig(**json.loads(json.dumps(cfg.to_dict()))) == cfg

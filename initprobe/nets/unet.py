@@ -5,16 +5,14 @@ network by name: `map_layer0`, `enc.32x32_conv`, `enc.16x16_down`, `enc.16x16_bl
 `dec.4x4_in0.qkv`, `dec.32x32_aux_conv`, ... The dotted module path of a layer *is* its canonical
 layer id (see `initprobe.nets.layers`).
 
-Layouts (`UNetConfig`): DDPM++ is encoder_type and decoder_type 'standard' with the positional
-noise embedding; NCSN++ (EDM's `-ve` networks) uses the Fourier embedding, `channel_mult_noise` 2,
-the [1,3,3,1] resampling filter and encoder_type 'residual' (an extra input pyramid:
-`enc.RxR_aux_residual`, a 3x3 conv fused with 2x down-sampling, averaged into the main path) or
-'skip' (`enc.RxR_aux_down` resampling + `enc.RxR_aux_skip` 1x1 conv, added); decoder_type 'skip'
-puts an output head (`dec.RxR_aux_norm`, `dec.RxR_aux_conv`) at every resolution and sums them,
-up-sampled (`dec.RxR_aux_up`). `label_dim > 0` adds the class embedding `map_label` (one-hot
-labels scaled by sqrt(label_dim), added to the noise embedding; `label_dropout` zeroes a
-sample's labels with that probability in training). `model_type` 'DhariwalUNet' selects ADM
-instead (`initprobe.nets.adm`).
+Layouts (`UNetConfig`): DDPM++ is encoder and decoder 'standard', positional embedding; NCSN++
+(EDM's `-ve` networks): Fourier embedding, `channel_mult_noise` 2, [1,3,3,1] filter, encoder
+'residual' (input pyramid `enc.RxR_aux_residual`: a 3x3 conv fused with down-sampling, averaged
+in) or 'skip' (`enc.RxR_aux_down` + 1x1 `enc.RxR_aux_skip`, added); decoder 'skip' sums a head
+(`dec.RxR_aux_norm`, `_aux_conv`) per resolution, up-sampled (`dec.RxR_aux_up`). `label_dim > 0`
+adds the class embedding `map_label` (one-hot labels times sqrt(label_dim), added to the noise
+embedding; in training a sample loses its label with probability `label_dropout`).
+`model_type` 'DhariwalUNet' is ADM (`initprobe.nets.adm`).
 
 Initialization (the single place it is decided; re-init ablations restore exactly this):
 - every Conv2d and Linear weight: Xavier-uniform, scaled by `init_weight`; every bias: zero;
@@ -42,7 +40,7 @@ MODEL_TYPES = ("SongUNet", "DhariwalUNet")
 EMBEDDING_TYPES = ("positional", "fourier")
 ENCODER_TYPES = ("standard", "skip", "residual")
 DECODER_TYPES = ("standard", "skip")
-INIT_MODES = ("xavier_uniform", "kaiming_uniform", "kaiming_normal")
+LATER_FIELDS = ("encoder_type", "decoder_type", "label_dim", "label_dropout", "model_type")
 
 
 @dataclass
@@ -68,7 +66,11 @@ class UNetConfig:
     model_type: str = "SongUNet"      # or "DhariwalUNet" (ADM, `initprobe.nets.adm`)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, except those added for NCSN++, ADM and labels while at their defaults:
+        a DDPM++ unconditional config reads exactly as before (run directories compare theirs
+        on resume)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in LATER_FIELDS or v != UNetConfig.__dataclass_fields__[k].default}
 
 
 PRESETS: dict[str, dict] = {

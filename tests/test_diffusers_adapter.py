@@ -1,6 +1,9 @@
 """A diffusers UNet2DModel folder as a teacher: layer ids, groups, and the sigma conversion."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -251,3 +254,17 @@ def test_train_a_one_step_student_from_a_diffusers_teacher(tmp_path):
     changed = [k for k, v in student.state_dict().items()
                if not torch.equal(v, teacher.state_dict()[k])]
     assert changed  # the GAN steps moved the generator away from the teacher
+
+
+def test_a_folder_with_only_bin_weights_gives_exactly_one_line(tmp_path):
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(**CONFIG).save_pretrained(tmp_path, safe_serialization=False)
+    assert (tmp_path / "diffusion_pytorch_model.bin").is_file()
+    run = subprocess.run([sys.executable, "-m", "initprobe", "layers", str(tmp_path)],
+                         check=False, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode != 0 and run.stdout == ""
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    assert "only pickled weights (diffusion_pytorch_model.bin)" in lines[0]
+    assert "diffusion_pytorch_model.safetensors" in lines[0]

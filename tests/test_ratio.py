@@ -8,6 +8,7 @@ d*(x) = (x . mu - |mu|^2 / 2) / v, grad_x d* = mu / v.
 import copy
 import io
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -253,3 +254,14 @@ def test_bad_options_are_user_errors():
         DiffRatio(teacher, config(ratio_channels="wide"), (1, 8, 8), "cpu")
     with pytest.raises(UserError, match="no ratio estimator"):
         load_estimator({"modules": {}})
+
+
+@pytest.mark.parametrize("arch,named", [
+    (dict(model_type="DhariwalUNet", model_channels=32, attn_resolutions=[]), "teacher is ADM"),
+    (dict(encoder_type="residual"), "teacher is NCSN++ (encoder_type 'residual')"),
+])
+def test_ratio_refuses_a_teacher_without_a_ddpmpp_encoder(arch, named):
+    teacher = Denoiser(UNetConfig(**arch))
+    with pytest.raises(UserError, match=re.escape(named)):
+        ClassRatio(teacher, config(), (1, 8, 8), "cpu")
+    assert DiffRatio(teacher, config(), (1, 8, 8), "cpu").param_ratio() > 0

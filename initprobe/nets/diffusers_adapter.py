@@ -43,6 +43,7 @@ RESNET = {"norm1": "norm0", "conv1": "conv0", "time_emb_proj": "affine", "norm2"
           "conv2": "conv1", "conv_shortcut": "skip"}
 ATTENTION = {"group_norm": "norm2", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj"}
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # or sharded: WEIGHTS + ".index.json"
 DDPM_ASSUMED = {"_class_name": "DDPMScheduler", "beta_schedule": "linear", "beta_start": 1e-4,
                 "beta_end": 0.02, "num_train_timesteps": 1000, "prediction_type": "epsilon"}
 
@@ -221,6 +222,12 @@ def load_diffusers_unet(path: str | Path) -> DiffusersDenoiser:
         _check_config(cfg)
     except UserError as e:
         raise UserError(f"{folder}: {e}") from None
+    if not any((folder / name).is_file() for name in (WEIGHTS, WEIGHTS + ".index.json")):
+        found = sorted(p.name for p in folder.glob("*.bin"))
+        held = f"only pickled weights ({', '.join(found)}), which are not loaded (unpickling " \
+               f"can run code)" if found else "no weights"
+        raise UserError(f"{folder}: holds {held}; need {WEIGHTS} (re-save a trusted copy with "
+                        f"diffusers' save_pretrained, which writes safetensors)")
     sched, source = scheduler_config(folder)
     if "beta_schedule" not in sched and "trained_betas" not in sched:
         raise UserError(f"{folder}: scheduler {sched.get('_class_name')} is not a discrete VP "

@@ -12,16 +12,15 @@ and plain attributes). EDM's own loader `exec`s `module_src`; this one never loo
 `builtins.exec`, ...) is refused with a `UserError` naming it before it is called:
 - the persistence call -> `_Record` (class name and state, nothing run), `ModuleDict` -> `_Record`;
 - tensor rebuilds: `torch._utils._rebuild_tensor_v2` / `_rebuild_parameter`, and storages
-  (`torch.storage._load_from_bytes`) through `torch.load(weights_only=True)`;
+  (`torch.storage._load_from_bytes`) through `torch.load(weights_only=True)`, only on a torch
+  without its known holes (>= 2.10; pyproject requires it);
 - containers: `collections.OrderedDict`, `builtins.set`;
 - numpy scalars in recorded kwargs (`numpy.dtype`, `numpy[._]core.multiarray.scalar`), numeric only.
 
-The architecture is read from the recorded constructor kwargs of the wrapper and its SongUNet.
-Supported: EDMPrecond (sigma_data 0.5), VPPrecond (EDM's default beta_d, beta_min, M) and VEPrecond
-around an unconditional SongUNet with encoder_type and decoder_type 'standard' (DDPM++; positional
-or fourier embedding). Refused with a UserError naming the option: DhariwalUNet (ADM),
-iDDPMPrecond, label_dim > 0, NCSN++'s 'residual'/'skip' encoder or 'skip' decoder. `map_augment`
-(training-time augmentation labels, augment_dim > 0) is unused at sampling and is dropped.
+The architecture is read from the recorded constructor kwargs of the wrapper and its model and
+checked (`initprobe.nets.edm_arch`: every EDM architecture, DDPM++, NCSN++ and ADM, conditional or
+not). `map_augment` (training-time augmentation labels, augment_dim > 0) is unused at sampling and
+is dropped. The loaded network is called as EDM's: `net(x, sigma, class_labels=None)`.
 """
 
 import collections
@@ -33,21 +32,13 @@ from types import MappingProxyType
 
 import numpy as np
 import torch
+from torch.torch_version import TorchVersion
 
 from ..errors import UserError
-from .precond import SIGMA_DATA, VP_BETA_D, VP_BETA_MIN, VP_M, Denoiser
-from .unet import UNetConfig
+from .edm_arch import architecture, slot
+from .precond import Denoiser
 
-PRECOND_KINDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
-# SongUNet's constructor defaults (EDM training/networks.py), for kwargs a pickle leaves out.
-SONG_DEFAULTS = {"label_dim": 0, "augment_dim": 0, "model_channels": 128,
-                 "channel_mult": [1, 2, 2, 2], "channel_mult_emb": 4, "num_blocks": 4,
-                 "attn_resolutions": [16], "dropout": 0.10, "label_dropout": 0,
-                 "embedding_type": "positional", "channel_mult_noise": 1,
-                 "encoder_type": "standard", "decoder_type": "standard", "resample_filter": [1, 1]}
-UNET_FIELDS = ("img_resolution", "in_channels", "out_channels", "model_channels", "channel_mult",
-               "channel_mult_emb", "channel_mult_noise", "num_blocks", "attn_resolutions",
-               "dropout", "embedding_type", "resample_filter")
+SAFE_TORCH = "2.10"  # torch.load(weights_only=True) has no known hole from here on
 
 
 class _Record:
@@ -75,6 +66,9 @@ def _persistent(meta):
 
 
 def _storage(data: bytes):
+    if TorchVersion(torch.__version__) < SAFE_TORCH:
+        raise UserError(f"torch {torch.__version__} cannot parse untrusted tensor storages safely "
+                        f"(CVE-2025-32434, CVE-2026-24747); pip install 'torch>={SAFE_TORCH}'")
     try:
         return torch.load(io.BytesIO(data), weights_only=True)
     except Exception:  # noqa: BLE001 - torch's restricted loader refused or failed to parse
@@ -136,75 +130,31 @@ def read_pickle(path: str | Path) -> dict:
     return data
 
 
-def record_tensors(rec: _Record, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Parameters and persistent buffers of a module record, by dotted name (a state dict)."""
+def record_tensors(rec: _Record, prefix: str = "", _path: tuple = ()) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers of a module record, by dotted name (a state dict);
+    UserError if a module record contains itself (a cycle: unpickling allows it, torch not)."""
+    if any(r is rec for r in _path):
+        raise UserError(f"module {prefix.rstrip('.') or 'net'} contains itself (a cycle of "
+                        f"module records); the file is damaged or crafted")
     st, out = rec.state, {}
     transient = st.get("_non_persistent_buffers_set") or set()
-    for slot in ("_parameters", "_buffers"):
-        for name, t in (st.get(slot) or {}).items():
-            if t is None or (slot == "_buffers" and name in transient):
+    if not isinstance(transient, (set, frozenset)):
+        raise UserError(f"{prefix or 'net.'}_non_persistent_buffers_set is a "
+                        f"{type(transient).__name__}, not a set; the file is damaged or crafted")
+    for kind in ("_parameters", "_buffers"):
+        for name, t in slot(rec, kind).items():
+            if t is None or (kind == "_buffers" and name in transient):
                 continue
             if not isinstance(t, torch.Tensor):
                 raise UserError(f"{prefix}{name} is a {type(t).__name__}, not a tensor")
             out[prefix + name] = t.detach()
-    for name, sub in (st.get("_modules") or {}).items():
+    for name, sub in slot(rec, "_modules").items():
         if sub is None:
             continue
         if not isinstance(sub, _Record):
             raise UserError(f"{prefix}{name} is a {type(sub).__name__}, not a module record")
-        out.update(record_tensors(sub, f"{prefix}{name}."))
+        out.update(record_tensors(sub, f"{prefix}{name}.", (*_path, rec)))
     return out
-
-
-def _kwargs(rec: _Record) -> dict:
-    st = rec.state
-    if st.get("_init_args"):
-        raise UserError(f"{rec.class_name} was built with positional arguments; cannot read its "
-                        f"architecture")
-    if not isinstance(st.get("_init_kwargs"), dict):
-        raise UserError(f"{rec.class_name} has no recorded constructor kwargs")
-    return dict(st["_init_kwargs"])
-
-
-def architecture(net: _Record) -> tuple[UNetConfig, str, dict]:
-    """(UNetConfig, preconditioning kind, SongUNet kwargs) of a network record; UserError naming
-    the option when initprobe's UNet cannot represent it."""
-    if net.class_name not in PRECOND_KINDS:
-        raise UserError(f"preconditioning {net.class_name} is not supported (supported: "
-                        f"{', '.join(PRECOND_KINDS)})")
-    st, kind = net.state, PRECOND_KINDS[net.class_name]
-    if st.get("label_dim", 0):
-        raise UserError(f"class-conditional networks (label_dim={st['label_dim']}) are not "
-                        f"supported; use an unconditional checkpoint")
-    if kind == "edm" and st.get("sigma_data", SIGMA_DATA) != SIGMA_DATA:
-        raise UserError(f"sigma_data={st['sigma_data']} is not supported (only {SIGMA_DATA})")
-    if kind == "vp":
-        for key, value in {"beta_d": VP_BETA_D, "beta_min": VP_BETA_MIN, "M": VP_M}.items():
-            if st.get(key, value) != value:
-                raise UserError(f"VPPrecond with {key}={st[key]} is not supported (only EDM's "
-                                f"default {value})")
-    model = (st.get("_modules") or {}).get("model")
-    if not isinstance(model, _Record):
-        raise UserError(f"{net.class_name} has no `model` submodule")
-    if model.class_name != "SongUNet":
-        name = "DhariwalUNet (ADM)" if model.class_name == "DhariwalUNet" else model.class_name
-        raise UserError(f"model_type {name} is not supported (only SongUNet, DDPM++ layout)")
-    kw = {**SONG_DEFAULTS, **_kwargs(model)}
-    unknown = sorted(set(kw) - set(SONG_DEFAULTS) - set(UNET_FIELDS))
-    if unknown:
-        raise UserError(f"SongUNet option(s) {unknown} are not supported")
-    if kw["label_dim"]:
-        raise UserError(f"class-conditional networks (label_dim={kw['label_dim']}) are not "
-                        f"supported; use an unconditional checkpoint")
-    for key in ("encoder_type", "decoder_type"):
-        if kw[key] != "standard":
-            raise UserError(f"{key}={kw[key]!r} (NCSN++ layout) is not supported; only "
-                            f"'standard' (DDPM++)")
-    if kw["in_channels"] != kw["out_channels"]:
-        raise UserError(f"in_channels {kw['in_channels']} != out_channels {kw['out_channels']}")
-    cfg = UNetConfig(**{k: list(kw[k]) if isinstance(kw[k], (list, tuple)) else kw[k]
-                        for k in UNET_FIELDS})
-    return cfg, kind, kw
 
 
 def load_edm_pickle(path: str | Path, key: str = "ema",

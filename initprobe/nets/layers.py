@@ -16,8 +16,11 @@ Groups (used by the selector language):
 - `conv`: the two 3x3 convs of every residual block (`conv0`, `conv1`).
 
 Other networks join the vocabulary by providing `canonical_layers()`, `canonical_blocks()` and
-`lowest_resolution` (a diffusers UNet2DModel: `initprobe.nets.diffusers_adapter`, whose separate
-attention projections are the sublayers `q`, `k`, `v`).
+`lowest_resolution`, on the network or on its inner `model`: ADM (`initprobe.nets.adm`, whose
+`out_norm`/`out_conv` are the head `dec.RxR_aux_norm`/`_aux_conv`) and a diffusers UNet2DModel
+(`initprobe.nets.diffusers_adapter`, whose separate attention projections are the sublayers `q`,
+`k`, `v`). NCSN++'s input pyramid (`enc.RxR_aux_skip`, `enc.RxR_aux_residual`) is in `encoder`,
+the per-resolution heads of its skip decoder (`dec.RxR_aux_conv` ...) in `head`.
 """
 
 import re
@@ -74,6 +77,15 @@ def parse(layer: str, kind: str = "") -> LayerId:
     return LayerId(layer, side, int(res), block, sub or "", kind)
 
 
+def _own(net: nn.Module, attr: str):
+    """`attr` (canonical_layers, canonical_blocks, lowest_resolution) of the network, or of its
+    inner model, for networks that describe themselves; None otherwise."""
+    for m in (net, getattr(net, "model", None)):
+        if hasattr(m, attr):
+            return getattr(m, attr)
+    return None
+
+
 def unet_of(net: nn.Module) -> UNet:
     """The UNet inside a Denoiser (or the UNet itself)."""
     inner = getattr(net, "model", net)
@@ -84,19 +96,21 @@ def unet_of(net: nn.Module) -> UNet:
 
 def named_layers(net: nn.Module) -> dict[str, nn.Module]:
     """Canonical id -> parameter-owning module, in network order (embedding, encoder, decoder)."""
-    if hasattr(net, "canonical_layers"):
-        return net.canonical_layers()
+    if _own(net, "canonical_layers") is not None:
+        return _own(net, "canonical_layers")()
     return {name: m for name, m in unet_of(net).named_modules()
             if isinstance(m, (Conv2d, Linear, GroupNorm)) and any(True for _ in m.parameters())}
 
 
 def named_blocks(net: nn.Module) -> dict[str, nn.Module]:
-    """Block id -> block module (`enc.16x16_block0`, `dec.4x4_in0`, ...), in network order."""
-    if hasattr(net, "canonical_blocks"):
-        return net.canonical_blocks()
+    """Block id -> block module (`enc.16x16_block0`, `dec.4x4_in0`, ...), in network order;
+    NCSN++'s parameter-free resamplers (`enc.RxR_aux_down`, `dec.RxR_aux_up`) are not blocks."""
+    if _own(net, "canonical_blocks") is not None:
+        return _own(net, "canonical_blocks")()
     u = unet_of(net)
     return {f"{side}.{name}": m for side in ("enc", "dec")
-            for name, m in getattr(u, side).items() if not name.endswith("aux_norm")}
+            for name, m in getattr(u, side).items()
+            if not name.endswith("aux_norm") and any(True for _ in m.parameters())}
 
 
 def last_conv_id(net: nn.Module, block_id: str) -> str | None:
@@ -111,8 +125,8 @@ def last_conv_id(net: nn.Module, block_id: str) -> str | None:
 
 
 def lowest_res(net: nn.Module) -> int:
-    if hasattr(net, "lowest_resolution"):
-        return net.lowest_resolution
+    if _own(net, "lowest_resolution") is not None:
+        return _own(net, "lowest_resolution")
     cfg = unet_of(net).cfg
     return cfg.img_resolution >> (len(cfg.channel_mult) - 1)
 

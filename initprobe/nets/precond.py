@@ -12,11 +12,16 @@ VPPrecond/VEPrecond with their default schedules; `initprobe.nets.edm_pickle`):
   t(s) = (sqrt(beta_min^2 + 2 beta_d ln(1 + s^2)) - beta_min) / beta_d, beta_d = 19.9,
   beta_min = 0.1, M = 1000;
 - `ve`: c_skip = 1, c_out = s, c_in = 1, c_noise = ln(s / 2).
+
+A class-conditional network (`label_dim > 0`) is called as EDM's are: `net(x, sigma,
+class_labels)` with one-hot labels [N, label_dim] (or [1, label_dim], shared); without labels it
+sees all-zero labels, as EDM's preconditioning wrappers pass.
 """
 
 import torch
 from torch import nn
 
+from .adm import DhariwalUNet
 from .unet import UNet, UNetConfig
 
 SIGMA_DATA = 0.5
@@ -56,16 +61,20 @@ class Denoiser(nn.Module):
         if precond not in PRECONDS:
             raise ValueError(f"unknown preconditioning {precond!r}; choose one of {PRECONDS}")
         self.precond, self.sigma_data = precond, sigma_data
-        self.model = UNet(cfg)
+        self.model = DhariwalUNet(cfg) if cfg.model_type == "DhariwalUNet" else UNet(cfg)
 
     @property
     def cfg(self) -> UNetConfig:
         return self.model.cfg
 
-    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         sigma = sigma.reshape(-1, 1, 1, 1).expand(x.shape[0], 1, 1, 1)
         c_skip, c_out, c_in, c_noise = coefficients(sigma, self.precond, self.sigma_data)
-        f = self.model((c_in * x).to(x.dtype), c_noise.flatten())
+        labels, dim = None, self.cfg.label_dim
+        if dim:
+            labels = (torch.zeros(1, dim, device=x.device) if class_labels is None
+                      else class_labels.to(device=x.device, dtype=torch.float32).reshape(-1, dim))
+        f = self.model((c_in * x).to(x.dtype), c_noise.flatten(), labels)
         return c_skip * x + c_out * f.to(x.dtype)
 

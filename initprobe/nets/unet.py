@@ -1,9 +1,18 @@
-"""An EDM-style UNet (DDPM++ layout of EDM's SongUNet), written for initprobe.
+"""An EDM-style UNet (EDM's SongUNet: DDPM++ and NCSN++ layouts), written for initprobe.
 
 Parameter names and shapes follow EDM's `SongUNet` so that official checkpoints map onto this
 network by name: `map_layer0`, `enc.32x32_conv`, `enc.16x16_down`, `enc.16x16_block0.conv1`,
 `dec.4x4_in0.qkv`, `dec.32x32_aux_conv`, ... The dotted module path of a layer *is* its canonical
 layer id (see `initprobe.nets.layers`).
+
+Layouts (`UNetConfig`): DDPM++ is encoder and decoder 'standard', positional embedding; NCSN++
+(EDM's `-ve` networks): Fourier embedding, `channel_mult_noise` 2, [1,3,3,1] filter, encoder
+'residual' (input pyramid `enc.RxR_aux_residual`: a 3x3 conv fused with down-sampling, averaged
+in) or 'skip' (`enc.RxR_aux_down` + 1x1 `enc.RxR_aux_skip`, added); decoder 'skip' sums a head
+(`dec.RxR_aux_norm`, `_aux_conv`) per resolution, up-sampled (`dec.RxR_aux_up`). `label_dim > 0`
+adds the class embedding `map_label` (one-hot labels times sqrt(label_dim), added to the noise
+embedding; in training a sample loses its label with probability `label_dropout`).
+`model_type` 'DhariwalUNet' is ADM (`initprobe.nets.adm`).
 
 Initialization (the single place it is decided; re-init ablations restore exactly this):
 - every Conv2d and Linear weight: Xavier-uniform, scaled by `init_weight`; every bias: zero;
@@ -13,7 +22,9 @@ Initialization (the single place it is decided; re-init ablations restore exactl
 - `init_weight = sqrt(0.2)` for attention `qkv`;
 - `init_weight = 1` everywhere else;
 - GroupNorm: weight one, bias zero.
-These are EDM's choices for SongUNet. `initialize_weights` applies them to any subset of modules.
+- `map_label`: Xavier-uniform like the other Linear layers.
+These are EDM's choices for SongUNet. `initialize_weights` applies them to any subset of modules
+(each layer keeps its own init recipe: ADM's differ, see `initprobe.nets.adm`).
 """
 
 import math
@@ -25,6 +36,11 @@ from torch import nn
 
 NEAR_ZERO = 1e-5
 ATTN_QKV = math.sqrt(0.2)
+MODEL_TYPES = ("SongUNet", "DhariwalUNet")
+EMBEDDING_TYPES = ("positional", "fourier")
+ENCODER_TYPES = ("standard", "skip", "residual")
+DECODER_TYPES = ("standard", "skip")
+LATER_FIELDS = ("encoder_type", "decoder_type", "label_dim", "label_dropout", "model_type")
 
 
 @dataclass
@@ -43,9 +59,18 @@ class UNetConfig:
     dropout: float = 0.0
     embedding_type: str = "positional"  # "positional" (DDPM++) or "fourier" (NCSN++)
     resample_filter: list[int] = field(default_factory=lambda: [1, 1])
+    encoder_type: str = "standard"    # "standard" (DDPM++), "residual" or "skip" (NCSN++)
+    decoder_type: str = "standard"    # "standard" or "skip"
+    label_dim: int = 0                # classes; 0 = unconditional
+    label_dropout: float = 0.0        # training-time probability of dropping a sample's label
+    model_type: str = "SongUNet"      # or "DhariwalUNet" (ADM, `initprobe.nets.adm`)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, except those added for NCSN++, ADM and labels while at their defaults:
+        a DDPM++ unconditional config reads exactly as before (run directories compare theirs
+        on resume)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in LATER_FIELDS or v != UNetConfig.__dataclass_fields__[k].default}
 
 
 PRESETS: dict[str, dict] = {
@@ -59,27 +84,42 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def weight_init(shape, fan_in: int, fan_out: int, scale: float) -> torch.Tensor:
-    bound = math.sqrt(6 / (fan_in + fan_out))
+def weight_init(shape, fan_in: int, fan_out: int, scale: float,
+                mode: str = "xavier_uniform") -> torch.Tensor:
+    """EDM's init modes: uniform in +-sqrt(6/(fan_in+fan_out)) (xavier) or +-sqrt(3/fan_in)
+    (kaiming), or normal with std sqrt(1/fan_in) (kaiming_normal); times `scale`."""
+    if mode == "kaiming_normal":
+        return torch.randn(*shape) * math.sqrt(1 / fan_in) * scale
+    bound = math.sqrt(6 / (fan_in + fan_out) if mode == "xavier_uniform" else 3 / fan_in)
     return (torch.rand(*shape) * 2 - 1) * bound * scale
+
+
+def _init_bias(bias: torch.Tensor, fans: tuple[int, int], scale: float, mode: str):
+    """Zero (drawing no random numbers, so seeded inits stay as they were) unless `scale`."""
+    if scale:
+        bias.copy_(weight_init(bias.shape, *fans, scale, mode))
+    else:
+        bias.zero_()
 
 
 class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 init_weight: float = 1.0):
+                 init_weight: float = 1.0, init_mode: str = "xavier_uniform",
+                 init_bias: float = 0.0):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.init_weight = init_weight
+        self.init_weight, self.init_mode, self.init_bias = init_weight, init_mode, init_bias
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self):
         with torch.no_grad():
-            self.weight.copy_(weight_init(self.weight.shape, self.in_features, self.out_features,
-                                          self.init_weight))
+            fans = (self.in_features, self.out_features)
+            self.weight.copy_(weight_init(self.weight.shape, *fans, self.init_weight,
+                                          self.init_mode))
             if self.bias is not None:
-                self.bias.zero_()
+                _init_bias(self.bias, fans, self.init_bias, self.init_mode)
 
     def forward(self, x):
         return F.linear(x, self.weight.to(x.dtype),
@@ -87,17 +127,19 @@ class Linear(nn.Module):
 
 
 class Conv2d(nn.Module):
-    """Conv with optional 2x up/down-sampling by a fixed FIR filter applied before the conv.
-
-    `kernel=0` means resampling only (no weights).
-    """
+    """Conv with optional 2x up/down-sampling by a fixed FIR filter applied before the conv
+    (`fused_down`: after the conv, whose padding grows by the filter's; NCSN++'s residual input
+    pyramid). `kernel=0` means resampling only (no weights)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, up: bool = False,
-                 down: bool = False, resample_filter=(1, 1), init_weight: float = 1.0):
+                 down: bool = False, resample_filter=(1, 1), init_weight: float = 1.0,
+                 init_mode: str = "xavier_uniform", init_bias: float = 0.0,
+                 fused_down: bool = False):
         super().__init__()
-        assert not (up and down)
+        assert not (up and down) and (not fused_down or (down and kernel))
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.up, self.down, self.init_weight = up, down, init_weight
+        self.up, self.down, self.fused_down = up, down, fused_down
+        self.init_weight, self.init_mode, self.init_bias = init_weight, init_mode, init_bias
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel, kernel)) \
             if kernel else None
         self.bias = nn.Parameter(torch.empty(out_channels)) if kernel else None
@@ -110,13 +152,20 @@ class Conv2d(nn.Module):
         if self.weight is None:
             return
         k = self.weight.shape[-1]
+        fans = (self.in_channels * k * k, self.out_channels * k * k)
         with torch.no_grad():
-            self.weight.copy_(weight_init(self.weight.shape, self.in_channels * k * k,
-                                          self.out_channels * k * k, self.init_weight))
-            self.bias.zero_()
+            self.weight.copy_(weight_init(self.weight.shape, *fans, self.init_weight,
+                                          self.init_mode))
+            _init_bias(self.bias, fans, self.init_bias, self.init_mode)
 
     def forward(self, x):
         f = self.resample_filter
+        if self.fused_down:
+            w, f = self.weight.to(x.dtype), f.to(x.dtype)
+            x = F.conv2d(x, w, padding=w.shape[-1] // 2 + (f.shape[-1] - 1) // 2)
+            x = F.conv2d(x, f.tile([self.out_channels, 1, 1, 1]), groups=self.out_channels,
+                         stride=2)
+            return x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
         if f is not None:
             f = f.to(x.dtype)
             pad = (f.shape[-1] - 1) // 2
@@ -194,13 +243,17 @@ class UNetBlock(nn.Module):
 
 
 class PositionalEmbedding(nn.Module):
-    def __init__(self, num_channels: int, max_positions: int = 10000):
+    """cos/sin features at frequencies (1/max_positions)^(i/(half-1)) (`endpoint`, SongUNet's)
+    or ^(i/half) (ADM's), i = 0..half-1."""
+
+    def __init__(self, num_channels: int, max_positions: int = 10000, endpoint: bool = True):
         super().__init__()
         self.num_channels, self.max_positions = num_channels, max_positions
+        self.endpoint = endpoint
 
     def forward(self, x):
         half = self.num_channels // 2
-        freqs = torch.arange(half, dtype=torch.float32, device=x.device) / (half - 1)
+        freqs = torch.arange(half, dtype=torch.float32, device=x.device) / (half - self.endpoint)
         freqs = (1 / self.max_positions) ** freqs
         x = x.float().ger(freqs)
         return torch.cat([x.cos(), x.sin()], dim=1)
@@ -217,28 +270,34 @@ class FourierEmbedding(nn.Module):
 
 
 class UNet(nn.Module):
-    """F(x, c_noise): the raw network that preconditioning wraps (`initprobe.nets.precond`)."""
+    """F(x, c_noise, class_labels): the raw network that preconditioning wraps
+    (`initprobe.nets.precond`)."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.cfg = cfg
         emb_ch = cfg.model_channels * cfg.channel_mult_emb
         noise_ch = cfg.model_channels * cfg.channel_mult_noise
+        checks = {"model_type": (cfg.model_type, ("SongUNet",)),
+                  "embedding_type": (cfg.embedding_type, EMBEDDING_TYPES),
+                  "encoder_type": (cfg.encoder_type, ENCODER_TYPES),
+                  "decoder_type": (cfg.decoder_type, DECODER_TYPES)}
+        for key, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"unknown {key} {value!r}; choose one of {allowed}")
         if cfg.img_resolution % (2 ** (len(cfg.channel_mult) - 1)):
             raise ValueError(f"img_resolution {cfg.img_resolution} is not divisible by "
                              f"2^{len(cfg.channel_mult) - 1}")
         blk = dict(emb_channels=emb_ch, dropout=cfg.dropout, resample_filter=cfg.resample_filter)
-        if cfg.embedding_type == "positional":
-            self.map_noise = PositionalEmbedding(noise_ch)
-        elif cfg.embedding_type == "fourier":
-            self.map_noise = FourierEmbedding(noise_ch)
-        else:
-            raise ValueError(f"unknown embedding_type {cfg.embedding_type!r}")
+        self.map_noise = (PositionalEmbedding(noise_ch) if cfg.embedding_type == "positional"
+                          else FourierEmbedding(noise_ch))
+        if cfg.label_dim:
+            self.map_label = Linear(cfg.label_dim, noise_ch)
         self.map_layer0 = Linear(noise_ch, emb_ch)
         self.map_layer1 = Linear(emb_ch, emb_ch)
 
         self.enc = nn.ModuleDict()
-        cout = cfg.in_channels
+        cout = caux = cfg.in_channels
         for level, mult in enumerate(cfg.channel_mult):
             res = cfg.img_resolution >> level
             if level == 0:
@@ -246,16 +305,26 @@ class UNet(nn.Module):
                 cout = cfg.model_channels
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **blk)
+                if cfg.encoder_type == "skip":
+                    self.enc[f"{res}x{res}_aux_down"] = Conv2d(
+                        caux, caux, 0, down=True, resample_filter=cfg.resample_filter)
+                    self.enc[f"{res}x{res}_aux_skip"] = Conv2d(caux, cout, 1)
+                elif cfg.encoder_type == "residual":
+                    self.enc[f"{res}x{res}_aux_residual"] = Conv2d(
+                        caux, cout, 3, down=True, resample_filter=cfg.resample_filter,
+                        fused_down=True)
+                    caux = cout
             for idx in range(cfg.num_blocks):
                 cin, cout = cout, cfg.model_channels * mult
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
                     cin, cout, attention=res in cfg.attn_resolutions, **blk)
-        skips = [b.out_channels for b in self.enc.values()]
+        skips = [b.out_channels for name, b in self.enc.items() if "_aux_" not in name]
 
         self.dec = nn.ModuleDict()
+        top = len(cfg.channel_mult) - 1
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             res = cfg.img_resolution >> level
-            if level == len(cfg.channel_mult) - 1:
+            if level == top:
                 self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **blk)
                 self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **blk)
             else:
@@ -264,31 +333,58 @@ class UNet(nn.Module):
                 cin, cout = cout + skips.pop(), cfg.model_channels * mult
                 attn = idx == cfg.num_blocks and res in cfg.attn_resolutions
                 self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **blk)
-            if level == 0:
+            if cfg.decoder_type == "skip" or level == 0:
+                if cfg.decoder_type == "skip" and level < top:
+                    self.dec[f"{res}x{res}_aux_up"] = Conv2d(
+                        cfg.out_channels, cfg.out_channels, 0, up=True,
+                        resample_filter=cfg.resample_filter)
                 self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout)
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, cfg.out_channels, 3,
                                                            init_weight=NEAR_ZERO)
 
-    def forward(self, x, noise_labels):
+    def forward(self, x, noise_labels, class_labels=None):
         emb = self.map_noise(noise_labels.reshape(-1).expand(x.shape[0]))
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(*emb.shape)  # [sin, cos]
+        if self.cfg.label_dim:
+            emb = emb + self.map_label(drop_labels(self, class_labels, x.shape[0])
+                                       * math.sqrt(self.cfg.label_dim))
         emb = F.silu(self.map_layer0(emb.to(x.dtype)))
         emb = F.silu(self.map_layer1(emb))
-        skips = []
-        for block in self.enc.values():
-            x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
-            skips.append(x)
-        out = None
+        skips, aux = [], x
+        for name, block in self.enc.items():
+            if name.endswith("_aux_down"):
+                aux = block(aux)
+            elif name.endswith("_aux_skip"):
+                x = skips[-1] = x + block(aux)
+            elif name.endswith("_aux_residual"):
+                x = skips[-1] = aux = (x + block(aux)) / math.sqrt(2)
+            else:
+                x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
+                skips.append(x)
+        out = head = None
         for name, block in self.dec.items():
-            if name.endswith("aux_norm"):
-                out = block(x)
-            elif name.endswith("aux_conv"):
-                out = block(F.silu(out))
+            if name.endswith("_aux_up"):
+                out = block(out)
+            elif name.endswith("_aux_norm"):
+                head = block(x)
+            elif name.endswith("_aux_conv"):
+                head = block(F.silu(head))
+                out = head if out is None else head + out
             else:
                 if x.shape[1] != block.in_channels:
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = block(x, emb)
         return out
+
+
+def drop_labels(net: nn.Module, class_labels: torch.Tensor, n: int) -> torch.Tensor:
+    """The one-hot labels a class embedding sees: in training, each of the `n` samples loses its
+    label (all zeros) with probability `net.cfg.label_dropout` (classifier-free guidance)."""
+    p = net.cfg.label_dropout
+    if not (net.training and p):
+        return class_labels
+    keep = torch.rand([n, 1], device=class_labels.device) >= p
+    return class_labels * keep.to(class_labels.dtype)
 
 
 def initialize_weights(modules) -> list[str]:

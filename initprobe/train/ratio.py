@@ -164,6 +164,12 @@ class ClassRatio(RatioObjective):
                  estimator: RatioEstimator | None = None):
         if estimator is None:
             _needs_unet(teacher, self.name)
+            cfg_t = teacher.cfg
+            if (cfg_t.model_type, cfg_t.encoder_type) != ("SongUNet", "standard"):
+                what = ("ADM" if cfg_t.model_type == "DhariwalUNet"
+                        else f"NCSN++ (encoder_type {cfg_t.encoder_type!r})")
+                raise UserError(f"objective ratio copies a DDPM++ encoder, and this teacher is "
+                                f"{what}; use the objective diffratio, gan, dmd or cd")
             estimator = EncoderRatio.from_denoiser(teacher)
         super().__init__(estimator, teacher, cfg, device)
 

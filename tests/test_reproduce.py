@@ -380,3 +380,8 @@ def test_verdicts_are_judged_at_every_budget_and_the_change_is_reported(tmp_path
     assert transitions([(1000, HOLDS), (2000, HOLDS)]) == "holds at every budget (1k-2k)"
     md = findings_markdown(findings, [result], "header")
     assert "holds up to 5k; does not hold from 20k" in md
+    # a study without sample-quality tables is judged at its full budget only
+    other = replace(study, measure={"cka": study.measure["cka"]}, rules=[
+        {"type": "greater_than", "metric": "cka_after", "a": "teacher-init", "b": 0.5}])
+    alone = evaluate_study(StudyResult(other, tmp_path, "cached", {"cka": cka}, 0.0), "mini", [])
+    assert set(alone["budget_images"]) == {20000} and set(alone["verdict"]) == {HOLDS}

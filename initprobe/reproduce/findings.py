@@ -56,7 +56,8 @@ def per_budget(rule: dict, study) -> bool:
         refs += v if isinstance(v, list) else [] if v is None else [v]
     names = {r.split("[")[0] for r in refs if isinstance(r, str)}
     metrics = [rule.get("metric"), rule.get("x_metric"), rule.get("y_metric")]
-    return (names <= groups and all(m is None or m in QUALITY for m in metrics)
+    return ("quality" in study.measure and names <= groups
+            and all(m is None or m in QUALITY for m in metrics)
             and rule["type"] not in ("increasing", "flat"))
 
 
@@ -95,10 +96,10 @@ def evaluate_study(result: StudyResult, profile: str, notes: list[str]) -> pd.Da
         if images == budgets[-1]:
             measured, chosen = final, list(enumerate(study.rules))
         else:
-            measured = Measured(at_budget(result, images))
             chosen = [(i, r) for i, r in enumerate(study.rules) if per_budget(r, study)]
-        if not chosen:
-            continue
+            if not chosen:
+                continue
+            measured = Measured(at_budget(result, images))
         outcomes = [(i, rule, evaluate(rule, measured)) for i, rule in chosen]
         claim_verdict = combine([o.verdict for _, _, o in outcomes])
         for i, rule, out in outcomes:

@@ -376,10 +376,14 @@ def test_verdicts_are_judged_at_every_budget_and_the_change_is_reported(tmp_path
     assert by_budget == {1000: HOLDS, 5000: HOLDS, 20000: FAILS}
     assert set(findings[findings["budget_images"] == 1000]["mean"]) == {51.0, 899.0}
     steps = list(zip([1000, 5000, 20000], [HOLDS, HOLDS, FAILS]))
-    assert transitions(steps) == "holds up to 5k; does not hold from 20k"
+    assert transitions(steps) == "holds up to 5k; does not hold at 20k"
     assert transitions([(1000, HOLDS), (2000, HOLDS)]) == "holds at every budget (1k-2k)"
+    assert transitions([(1000, HOLDS), (2000, FAILS), (5000, FAILS)]) == \
+        "holds at 1k; does not hold from 2k"
+    assert transitions([(1000, FAILS), (2000, HOLDS), (5000, FAILS)]) == \
+        "does not hold at 1k; holds at 2k; does not hold at 5k"
     md = findings_markdown(findings, [result], "header")
-    assert "holds up to 5k; does not hold from 20k" in md
+    assert "holds up to 5k; does not hold at 20k" in md
     # a study without sample-quality tables is judged at its full budget only
     other = replace(study, measure={"cka": study.measure["cka"]}, rules=[
         {"type": "greater_than", "metric": "cka_after", "a": "teacher-init", "b": 0.5}])

@@ -122,23 +122,23 @@ def evaluate_study(result: StudyResult, profile: str, notes: list[str]) -> pd.Da
 
 def transitions(by_budget: list[tuple[int, str]]) -> str:
     """'holds up to 20k; inconclusive from 50k' from (budget, verdict) pairs, budget ascending."""
-    if not by_budget:
-        return ""
-    parts, start = [], 0
+    parts, start, last = [], 0, len(by_budget) - 1
     for k in range(1, len(by_budget) + 1):
-        if k == len(by_budget) or by_budget[k][1] != by_budget[start][1]:
-            verdict = by_budget[start][1]
-            lo, hi = short(by_budget[start][0]), short(by_budget[k - 1][0])
-            if len(by_budget) == 1:
-                parts.append(f"{verdict} at {hi}")
-            elif start == 0 and k == len(by_budget):
-                parts.append(f"{verdict} at every budget ({lo}-{hi})")
-            elif start == 0:
-                parts.append(f"{verdict} up to {hi}")
-            else:
-                parts.append(f"{verdict} from {lo}" + (f" to {hi}" if k < len(by_budget)
-                                                         else ""))
-            start = k
+        if k <= last and by_budget[k][1] == by_budget[start][1]:
+            continue
+        verdict, end = by_budget[start][1], k - 1
+        lo, hi = short(by_budget[start][0]), short(by_budget[end][0])
+        if start == end:
+            parts.append(f"{verdict} at {lo}")
+        elif start == 0 and end == last:
+            parts.append(f"{verdict} at every budget ({lo}-{hi})")
+        elif start == 0:
+            parts.append(f"{verdict} up to {hi}")
+        elif end == last:
+            parts.append(f"{verdict} from {lo}")
+        else:
+            parts.append(f"{verdict} from {lo} to {hi}")
+        start = k
     return "; ".join(parts)
 
 

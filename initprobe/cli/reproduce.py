@@ -1,5 +1,6 @@
 """The reproduction command: every study of experiments/ run, measured and judged in one go."""
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -10,29 +11,85 @@ from . import app
 
 Opt = typer.Option
 
+# the options that choose a reproduction (shared by reproduce and reproduce-one)
+Profile = Annotated[str, Opt(help="quick (bundled digits, < 15 min on 2 CPU cores), mnist "
+                                  "(MNIST 16x16, needs --data-path) or cifar10 (EDM's "
+                                  "checkpoint: --teacher, --data-path, --inception-weights)")]
+DataPath = Annotated[str | None, Opt(help="dataset file of the profile (mnist: the .npz or idx "
+                                          "folder; cifar10: cifar-10-batches-py or .npz)")]
+Teacher = Annotated[str | None, Opt(help="the teacher as a given network file, not trained: an "
+                                         "EDM .pkl (edm-cifar10-32x32-uncond-vp.pkl), a run "
+                                         "folder or .safetensors; overrides the profile's")]
+Inception = Annotated[str | None, Opt(help="FID Inception weights (pytorch-fid's pt_inception-"
+                                           "2015-12-05-*.pth) for a profile whose gate uses "
+                                           "Inception features (cifar10)")]
+Smoke = Annotated[bool, Opt(help="check the profile runs: tiny budgets, 2 seeds, a dozen "
+                                 "samples, relaxed gate, on the classifier (numbers mean "
+                                 "nothing); results go to OUT/<profile>-smoke")]
+Out = Annotated[Path, Opt("--out", help="working folder: teachers, runs and study tables go to "
+                                        "OUT/<profile>")]
+Experiments = Annotated[Path, Opt(help="folder of profiles.toml and the study configs")]
+Device = Annotated[str, Opt(help="auto, cpu, cuda, cuda:N")]
+Threads = Annotated[int, Opt(min=1, help="torch CPU threads per process; float rounding, and so "
+                                         "the numbers, depend on it (figures/: 1)")]
+OUT, EXPERIMENTS = Path("runs/reproduce"), Path("experiments")
+
+
+def prepare(profile: str, data_path, teacher, inception_weights, smoke: bool, experiments: Path,
+            out: Path, device: str, only: str | None = None):
+    """(profile, every study, the chosen studies, workspace) of the options above."""
+    from ..reproduce.config import load_profile, load_studies
+    from ..reproduce.smoke import smoke_profile, smoke_study
+    from ..reproduce.workspace import Workspace
+    prof = load_profile(experiments, profile, data_path, teacher, inception_weights)
+    studies = load_studies(experiments, prof)
+    chosen = load_studies(experiments, prof, only.split(",") if only else None)
+    if smoke:
+        prof = smoke_profile(prof)
+        studies, chosen = [smoke_study(s) for s in studies], [smoke_study(s) for s in chosen]
+    folder = out / (f"{profile}-smoke" if smoke else profile)
+    return prof, studies, chosen, Workspace(prof, folder, device, log=typer.echo)
+
+
+def one_command(profile: str, data_path, teacher, inception_weights, smoke: bool,
+                experiments: Path, out: Path, device: str, threads: int) -> list[str]:
+    """The `reproduce-one` call of these options, paths absolute (a plan line, less --target)."""
+    def path(p) -> str:
+        return str(Path(p).expanduser().resolve())
+
+    args = [sys.executable, "-m", "initprobe", "reproduce-one", "--profile", profile,
+            "--experiments", path(experiments), "--out", path(out), "--device", device,
+            "--threads", str(threads)]
+    for option, value in (("--data-path", data_path), ("--teacher", teacher),
+                          ("--inception-weights", inception_weights)):
+        if value:
+            args += [option, path(value)]
+    return args + (["--smoke"] if smoke else [])
+
 
 @app.command("reproduce")
 def reproduce_cmd(
-    profile: Annotated[str, Opt(help="quick (bundled digits, < 15 min on 2 CPU cores) or mnist "
-                                     "(MNIST 32x32, needs --data-path)")] = "quick",
-    data_path: Annotated[str | None, Opt(help="dataset file of the profile (mnist: the "
-                                              ".npz or idx folder)")] = None,
+    profile: Profile = "quick",
+    data_path: DataPath = None,
+    teacher: Teacher = None,
+    inception_weights: Inception = None,
     only: Annotated[str | None, Opt(help="claims to run, e.g. C1,C4 (default: all); the "
                                          "findings still list every claim measured before")]
     = None,
-    out: Annotated[Path, Opt("--out", help="working folder: teachers, runs and study tables go "
-                                           "to OUT/<profile>")] = Path("runs/reproduce"),
+    out: Out = OUT,
     figures: Annotated[Path | None, Opt(help="folder of the figures, findings.csv/.md and "
                                              "README.md (default: figures for quick, "
                                              "figures/<profile> otherwise)")] = None,
-    experiments: Annotated[Path, Opt(help="folder of profiles.toml and the study configs")]
-    = Path("experiments"),
-    device: Annotated[str, Opt(help="auto, cpu, cuda, cuda:N")] = "auto",
+    experiments: Experiments = EXPERIMENTS,
+    device: Device = "auto",
     jobs: Annotated[int, Opt(min=1, help="train the teachers and runs in this many worker "
-                                         "processes side by side first (up to one per core)")]
-    = 1,
-    threads: Annotated[int, Opt(min=1, help="torch CPU threads per process; float rounding, and "
-                                            "so the numbers, depend on it (figures/: 1)")] = 1,
+                                         "processes side by side first (up to one per core; "
+                                         "on CUDA one GPU per worker, round-robin)")] = 1,
+    threads: Threads = 1,
+    smoke: Smoke = False,
+    plan: Annotated[Path | None, Opt(help="write the pending teachers, gate and runs to this "
+                                          "file as command lines (run them with initprobe "
+                                          "submit), train nothing")] = None,
 ):
     """Run the whole reproduction: train the teacher and check its quality gate (the profile's
     gate rule; a teacher below it stops the study), train every study's runs, measure, and
@@ -43,23 +100,34 @@ def reproduce_cmd(
     Example: initprobe reproduce --profile quick --out runs/reproduce --figures figures
 
     MNIST:   initprobe reproduce --profile mnist --data-path ../shared/data/mnist.npz --jobs 2
+
+    CIFAR-10 on a Slurm cluster: initprobe reproduce --profile cifar10 --teacher
+    edm-cifar10-32x32-uncond-vp.pkl --data-path cifar-10-batches-py --inception-weights
+    pt_inception-2015-12-05-6726825d.pth --plan plan.txt; initprobe submit plan.txt; then the
+    same reproduce command without --plan
     """
     import torch
 
-    from ..reproduce.config import load_profile, load_studies
     from ..reproduce.findings import write_findings
     from ..reproduce.gate import enforce, measure_gate
     from ..reproduce.parallel import train_ahead
+    from ..reproduce.plan import plan_stages, write_plan
     from ..reproduce.runner import cached_result, run_study
-    from ..reproduce.workspace import Workspace
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    prof = load_profile(experiments, profile, data_path)
-    figures = figures or (Path("figures") if profile == "quick" else Path("figures") / profile)
-    studies = load_studies(experiments, prof)
-    chosen = load_studies(experiments, prof, only.split(",") if only else None)
+    prof, studies, chosen, ws = prepare(profile, data_path, teacher, inception_weights, smoke,
+                                        experiments, out, device, only)
+    if plan is not None:
+        stages = plan_stages(ws, chosen, one_command(profile, data_path, teacher,
+                                                     inception_weights, smoke, experiments, out,
+                                                     device, threads))
+        write_plan(plan, stages)
+        typer.echo(f"wrote {plan}: " + (", ".join(f"{len(v)} {k}" for k, v in stages.items())
+                                        or "nothing pending"))
+        return
+    figures = figures or (Path("figures") if profile == "quick" and not smoke
+                          else Path("figures") / ws.root.name)
     selected = {s.stem for s in chosen}
-    ws = Workspace(prof, out / profile, device, log=typer.echo)
     gates = []
 
     def gate():
@@ -82,8 +150,10 @@ def reproduce_cmd(
             results.append(cached)
     command = (f"initprobe reproduce --profile {profile}"
                + (f" --data-path {data_path}" if data_path else "")
+               + (f" --teacher {teacher}" if teacher else "")
+               + (f" --inception-weights {inception_weights}" if inception_weights else "")
                + f" --out {out} --figures {figures}" + (f" --jobs {jobs}" if jobs > 1 else "")
-               + (f" --threads {threads}" if threads > 1 else ""))
+               + (f" --threads {threads}" if threads > 1 else "") + (" --smoke" if smoke else ""))
     header = (f"Findings of `{command}` ({prof.description}); device {ws.device}")
     findings = write_findings(results, figures, profile, ws.notes, header, command, gates[-1])
     typer.echo("")

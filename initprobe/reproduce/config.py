@@ -2,7 +2,9 @@
 
 profiles.toml has one table per profile (`quick`, `mnist`, ...):
 - `data`, `data_path` (the CLI's `--data-path` overrides it);
-- `teacher`: `TeacherConfig` options of the teacher every student starts from;
+- `teacher`: `TeacherConfig` options of the teacher every student starts from, or
+  `checkpoint` alone: a given network file (an EDM `.pkl`, a run folder, ...), not trained (the
+  CLI's `--teacher` sets it);
 - `other_teacher` (optional): the transfer source, a teacher trained on other data with the same
   architecture and image shape; it inherits the `teacher` options it does not set, and
   `fallback` (a table of `data`, `data_path`, `seed`, `size`) replaces its data when its
@@ -10,7 +12,9 @@ profiles.toml has one table per profile (`quick`, `mnist`, ...):
 - `student`: `OneStepConfig` options shared by every run (batch, learning rates, evaluation);
 - `measure`: `n` (samples per quality / spectrum measurement), `n_images` (real images for
   probes, CKA and spectra);
-- `gate`: the teacher's quality gate (`GATE_DEFAULTS`, checked by `gate.py`).
+- `gate`: the teacher's quality gate (`GATE_DEFAULTS`, checked by `gate.py`);
+- `features` (optional): the gate's feature network, `classifier` (default: the domain classifier
+  trained on the data) or `inception` (FID Inception-v3 from the CLI's `--inception-weights`).
 
 A study file (`c1_teacher_vs_random.toml`) states `claim` (`C1`), `statement`, `method`,
 `[profiles.<name>]` with `images` (budget in images seen per run) and `seeds`, `[runs.<label>]`
@@ -44,13 +48,16 @@ STUDENT_KEYS = ("batch", "lr", "lr_aux", "betas", "eval_n", "eval_every", "eval_
 TEACHER_KEYS = tuple(f.name for f in fields(TeacherConfig) if f.name not in ("unet",))
 FALLBACK_KEYS = ("data", "data_path", "seed", "size")
 PROFILE_KEYS = ("description", "data", "data_path", "teacher", "other_teacher", "student",
-                "measure", "gate")
+                "measure", "gate", "features")
+CHECKPOINT = "checkpoint"           # a profile's teacher given as a network file
+FEATURES = ("classifier", "inception")
 # the teacher's quality gate (`gate.py`); max_kid_ratio None: not checked
 GATE_DEFAULTS = {"n": 1000, "heun_steps": 18, "max_fd_ratio": 3.0, "max_kid_ratio": None,
                  "min_classes": 10, "max_class_kl": 0.05, "min_confidence_ratio": 0.95}
 MEASURE_DEFAULTS = {"n": 500, "n_images": 256}
 STUDY_KEYS = ("claim", "statement", "method", "profiles", "runs", "measure", "rules", "report")
 OTHER = "other"
+NOT_APPLICABLE = "not_applicable"   # [profiles.<name>] of a study the profile cannot test
 _CLAIM = re.compile(r"^C\d+$")
 _LABEL = re.compile(r"^[A-Za-z0-9][\w.+-]*$")
 
@@ -105,14 +112,18 @@ class Profile:
     student: dict
     measure: dict
     gate: dict = field(default_factory=lambda: dict(GATE_DEFAULTS))
+    features: str = FEATURES[0]
+    inception_weights: str | None = None
 
     def key(self) -> dict:
         return {k: getattr(self, k) for k in ("data", "data_path", "teacher", "other_teacher",
                                                "student", "measure")}
 
 
-def load_profile(folder: Path, name: str, data_path: str | None = None) -> Profile:
-    """Profile `name` of `folder/profiles.toml`; `data_path` (from the CLI) overrides its own."""
+def load_profile(folder: Path, name: str, data_path: str | None = None,
+                 teacher: str | None = None, inception_weights: str | None = None) -> Profile:
+    """Profile `name` of `folder/profiles.toml`; `data_path`, `teacher` (a checkpoint) and
+    `inception_weights` (from the CLI) override its own; the weights are checked where used."""
     path = folder / PROFILES_FILE
     where = _Where(path)
     doc = _read(path)
@@ -120,8 +131,15 @@ def load_profile(folder: Path, name: str, data_path: str | None = None) -> Profi
     p = where.table(doc[name], name)
     where.known(p, PROFILE_KEYS, name)
     where.check(isinstance(p.get("data"), str), f"{name}.data", "must name a dataset")
-    teacher = where.table(p.get("teacher", {}), f"{name}.teacher")
-    where.known(teacher, TEACHER_KEYS, f"{name}.teacher")
+    given = where.table(p.get("teacher", {}), f"{name}.teacher")
+    where.known(given, TEACHER_KEYS + (CHECKPOINT,), f"{name}.teacher")
+    where.check(CHECKPOINT not in given or len(given) == 1, f"{name}.teacher.{CHECKPOINT}",
+                "a given checkpoint is not trained: drop the other teacher options")
+    teacher = {CHECKPOINT: str(teacher)} if teacher else given
+    where.check(CHECKPOINT not in teacher or "other_teacher" not in p, f"{name}.other_teacher",
+                "needs a trained teacher (same options, other data), not a checkpoint")
+    features = p.get("features", FEATURES[0])
+    where.check(features in FEATURES, f"{name}.features", f"choose {' or '.join(FEATURES)}")
     other = None
     if "other_teacher" in p:
         other = dict(where.table(p["other_teacher"], f"{name}.other_teacher"))
@@ -148,7 +166,7 @@ def load_profile(folder: Path, name: str, data_path: str | None = None) -> Profi
         raise UserError(f"profile {name} trains on {p['data']}: pass --data-path PATH (or set "
                         f"{name}.data_path in {path})")
     return Profile(name, p.get("description", ""), p["data"], path_, teacher, other, student,
-                   measure, gate)
+                   measure, gate, features, inception_weights if features == "inception" else None)
 
 
 @dataclass
@@ -259,8 +277,9 @@ def _check_rule(where: _Where, i: int, rule: dict, study: Study) -> None:
                     f"{key}.groups", "a correlation needs a list of at least 3 groups")
 
 
-def load_study(path: Path, profile: Profile) -> Study:
-    """One study file, validated against the profile (its budget and seeds for that profile)."""
+def load_study(path: Path, profile: Profile) -> Study | None:
+    """One study file, validated against the profile (its budget and seeds for that profile);
+    None if it says the profile does not apply (`not_applicable = "reason"`)."""
     where = _Where(path)
     doc = _read(path)
     where.known(doc, STUDY_KEYS, "")
@@ -271,7 +290,11 @@ def load_study(path: Path, profile: Profile) -> Study:
     where.check(profile.name in profiles, f"profiles.{profile.name}",
                 f"missing; give [profiles.{profile.name}] with images and seeds")
     budget = where.table(profiles[profile.name], f"profiles.{profile.name}")
-    where.known(budget, ("images", "seeds"), f"profiles.{profile.name}")
+    where.known(budget, ("images", "seeds", NOT_APPLICABLE), f"profiles.{profile.name}")
+    if NOT_APPLICABLE in budget:
+        where.check(isinstance(budget[NOT_APPLICABLE], str) and len(budget) == 1,
+                    f"profiles.{profile.name}.{NOT_APPLICABLE}", "give the reason alone")
+        return None
     runs = where.table(doc.get("runs", {}), "runs")
     images = budget.get("images", 0)
     if runs:  # a study without runs (the teacher alone) has no budget
@@ -308,12 +331,17 @@ def load_studies(folder: Path, profile: Profile, only: list[str] | None = None) 
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder; pass --experiments with the folder of study "
                         f"configs (experiments/ in the repository)")
-    studies = [load_study(p, profile) for p in sorted(folder.glob("*.toml"))
-               if p.name != PROFILES_FILE]
-    studies.sort(key=lambda s: int(s.claim[1:]))
+    paths = [p for p in sorted(folder.glob("*.toml")) if p.name != PROFILES_FILE]
+    loaded = [(p, load_study(p, profile)) for p in paths]
+    studies = sorted((s for _, s in loaded if s), key=lambda s: int(s.claim[1:]))
     if only:
         wanted = {c.strip().upper() for c in only if c.strip()}
         unknown = wanted - {s.claim for s in studies}
+        for p, s in loaded:
+            doc = _read(p) if s is None else {}
+            if doc.get("claim") in unknown:
+                raise UserError(f"--only {doc['claim']}: {p.name} does not apply to profile "
+                                f"{profile.name}: {doc['profiles'][profile.name][NOT_APPLICABLE]}")
         if unknown:
             raise UserError(f"--only {','.join(sorted(unknown))}: no such claim; the studies "
                             f"in {folder} test {', '.join(s.claim for s in studies)}")

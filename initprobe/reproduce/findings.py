@@ -23,6 +23,7 @@ from .measures import MEASUREMENTS, QUALITY
 from .rules import Measured, combine, evaluate, fmt
 from .runner import StudyResult
 
+NETWORK_NAMES = {"classifier": "domain classifier", "inception": "FID Inception-v3 features"}
 PER_BUDGET = ("quality", "baseline")   # measurements whose rules are judged at every budget
 
 
@@ -146,7 +147,7 @@ def gate_markdown(gate: GateResult) -> list[str]:
     """The teacher's row and the real-data floor: the first rows of the findings."""
     lines = [f"**Teacher gate: {'passed' if gate.passed else 'FAILED'}** ({gate.n} Heun-"
              f"{gate.heun_steps} samples vs {gate.n} held-out real images, both against the "
-             f"training images on the domain classifier)", "",
+             f"training images on the {NETWORK_NAMES[gate.network]})", "",
              "| source | " + " | ".join(gate.metrics) + " |", "|---" * (len(gate.metrics) + 1)
              + "|"]
     for source, values in gate.rows.items():

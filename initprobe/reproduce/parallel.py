@@ -3,12 +3,15 @@
 Without it the study loop trains what each study needs, one run after the other, in the main
 process. `train_ahead` first trains the unfinished teachers side by side, then every unfinished
 run of the studies that still miss a measurement, each in a worker process with the main
-process's thread count, so the study loop finds them finished. A run is the same seeded
-computation whichever process trains it (bit for bit on the CPU: same thread count), and an
-interrupted one resumes as usual.
+process's thread count, so the study loop finds them finished. On CUDA (device `auto` or
+`cuda`), worker k sees only GPU k mod torch.cuda.device_count() (its CUDA_VISIBLE_DEVICES), so
+`--jobs` equal to the GPU count trains one run per GPU; the CPU path is unchanged.
+A run is the same seeded computation whichever process trains it (bit for bit on the CPU:
+same thread count), and an interrupted one resumes as usual.
 """
 
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -42,8 +45,17 @@ def pending(ws: Workspace, studies: list[Study]
     return roles, runs
 
 
-def _set_threads(threads: int) -> None:
+def worker_gpus(jobs: int, count: int) -> list[int]:
+    """The GPU of each of `jobs` workers: round-robin over `count` visible GPUs."""
+    return [k % count for k in range(jobs)] if count else []
+
+
+def _init_worker(threads: int, gpus) -> None:
+    """Worker start: the thread count, and one GPU of the queue `gpus` (None on the CPU) made
+    the only visible one before CUDA starts in this process."""
     torch.set_num_threads(threads)
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
 def train_ahead(ws: Workspace, studies: list[Study], jobs: int,
@@ -52,16 +64,21 @@ def train_ahead(ws: Workspace, studies: list[Study], jobs: int,
     """Train the studies' pending teachers, call `between` (the teacher's gate), then train
     their pending runs, `jobs` at a time."""
     roles, runs = pending(ws, studies)
-    teachers = [r for r in roles if not finished(ws.teacher_dir(r), ws.teacher_config(r).images)]
+    teachers = [r for r in roles if ws.teacher_pending(r)]
     if not teachers and not runs:
         between()
         return
     threads = torch.get_num_threads()
     log(f"training ahead: {len(teachers)} teachers, then {len(runs)} runs, {jobs} processes "
         f"of {threads} threads")
-    device = str(ws.device)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_set_threads, initargs=(threads,)) as pool:
+    device, gpus, context = str(ws.device), None, multiprocessing.get_context("spawn")
+    if ws.device.type == "cuda" and ws.device.index is None:
+        gpus = context.Queue()
+        for k in worker_gpus(jobs, torch.cuda.device_count()):
+            gpus.put(k)
+        log(f"  one GPU per worker: {worker_gpus(jobs, torch.cuda.device_count())}")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(threads, gpus)) as pool:
         started = {pool.submit(teacher_job, ws.teacher_config(r), ws.teacher_dir(r), device): r
                    for r in teachers}
         for future in as_completed(started):

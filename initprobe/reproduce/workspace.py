@@ -1,7 +1,9 @@
 """A profile's working folder: its teachers, its student runs and the inputs measurements share.
 
 Layout under the root (`--out`/<profile>):
-    teachers/<data>-<preset>-<hash>/   the teacher (and the other-data teacher), train_teacher runs
+    teachers/<data>-<preset>-<hash>/   the teacher (and the other-data teacher), train_teacher runs;
+        a given checkpoint teacher (`teacher.checkpoint`) is read where it lies and its folder
+        teachers/checkpoint-<name>-<hash>/ holds only its gate numbers
     runs/<objective>-<init>-<hash>/seed<N>/   one-step students, train_onestep runs
     studies/<study>-<hash>/            a study's measurement CSVs (see `runner`)
 A folder's hash covers its complete resolved config, so runs with the same options are shared
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..data import Dataset, load_dataset
+from ..errors import UserError
 from ..measure.extractors import Extractor, weights_hash
 from ..measure.features import load_or_train
 from ..measure.quality import FeatureSummary, summarize_data
@@ -26,7 +29,7 @@ from ..nets.io import latest_checkpoint, load_network, read_meta
 from ..train.loop import pick_device, to_plain
 from ..train.onestep import OneStepConfig, build_generator, resolve_config, train_onestep
 from ..train.teacher import TeacherConfig, train_teacher
-from .config import OTHER, Profile, Study, digest
+from .config import CHECKPOINT, OTHER, Profile, Study, digest
 
 
 def finished(run_dir: Path, images: int) -> bool:
@@ -90,15 +93,42 @@ class Workspace:
             out[OTHER] = options
         return out, notes
 
+    @property
+    def checkpoint(self) -> Path | None:
+        """The given teacher network file (`teacher.checkpoint`), or None: trained here."""
+        path = self.profile.teacher.get(CHECKPOINT)
+        return None if path is None else Path(path).expanduser().resolve()
+
     def teacher_config(self, role: str = "main") -> TeacherConfig:
         return TeacherConfig(**self.teacher_options[role])
 
     def teacher_dir(self, role: str = "main") -> Path:
+        if role == "main" and self.checkpoint is not None:
+            return self.root / "teachers" / (f"checkpoint-{self.checkpoint.stem}-"
+                                              f"{digest(str(self.checkpoint))}")
         cfg = self.teacher_config(role)
         return self.root / "teachers" / f"{cfg.data}-{cfg.preset}-{digest(to_plain(cfg))}"
 
+    def teacher_source(self, role: str = "main") -> str:
+        """What the students load: the checkpoint, or the trained teacher's run folder."""
+        if role == "main" and self.checkpoint is not None:
+            return str(self.checkpoint)
+        return str(self.teacher_dir(role))
+
+    def teacher_pending(self, role: str = "main") -> bool:
+        """Whether the teacher still has to be trained (never for a given checkpoint)."""
+        if role == "main" and self.checkpoint is not None:
+            return False
+        return not finished(self.teacher_dir(role), self.teacher_config(role).images)
+
     def ensure_teacher(self, role: str = "main") -> str:
-        """The teacher's run folder, trained first if its budget is not done."""
+        """The teacher's network (`teacher_source`), trained first if its budget is not done."""
+        if role == "main" and self.checkpoint is not None:
+            if not self.checkpoint.is_file() and not self.checkpoint.is_dir():
+                raise UserError(f"teacher checkpoint {self.checkpoint} not found; pass --teacher "
+                                f"PATH (e.g. edm-cifar10-32x32-uncond-vp.pkl)")
+            self.teacher_dir().mkdir(parents=True, exist_ok=True)
+            return str(self.checkpoint)
         cfg, out = self.teacher_config(role), self.teacher_dir(role)
         if not finished(out, cfg.images):
             self.log(f"  training the {role} teacher on {cfg.data} ({cfg.images} images) -> "
@@ -109,10 +139,10 @@ class Workspace:
     def student_config(self, run: dict, images: int, seed: int) -> OneStepConfig:
         options = dict(run)
         if options.get("transfer_from") == OTHER:
-            options["transfer_from"] = str(self.teacher_dir(OTHER))
+            options["transfer_from"] = self.teacher_source(OTHER)
         p = self.profile
         # resolved (defaults such as lr_aux filled in) so the run folder's hash is final
-        return resolve_config(OneStepConfig(teacher=str(self.teacher_dir()), data=p.data,
+        return resolve_config(OneStepConfig(teacher=self.teacher_source(), data=p.data,
                                             data_path=p.data_path, images=images, seed=seed,
                                             **p.student, **options))
 
@@ -129,7 +159,7 @@ class Workspace:
     @cached_property
     def data(self) -> Dataset:
         """The training images at the teacher's resolution (the quality reference)."""
-        size = read_meta(self.ensure_teacher())["unet"]["img_resolution"]
+        size = self.teacher_net.cfg.img_resolution
         return load_dataset(self.profile.data, self.profile.data_path, "train", size)
 
     def real_images(self) -> torch.Tensor:

@@ -32,6 +32,8 @@ TEACHER, GATE = "teacher:", "gate"
 def plan_stages(ws: Workspace, studies: list[Study], command: list[str]) -> dict[str, list[str]]:
     """Stage name -> command lines of the studies' pending work; `command` is the
     `reproduce-one` call without its `--target`."""
+    if ws.checkpoint is not None:
+        ws.ensure_teacher()     # a given checkpoint must exist before any line is written
     roles, runs = pending(ws, studies)
 
     def line(target: str) -> str:

@@ -2,14 +2,15 @@
 device's dense bf16 peak, and peak memory, per objective (GAN, frozen-gdd) and per GPU switch.
 
 One step is the trainer's (`train_onestep`): the objective's `aux_step` on a no-grad sample, the
-generator's sample and `generator_loss`, backward and Adam, under the trainer's autocast (bf16 on
-CUDA, float32 on the CPU); EMA and logging are left out. FLOPs are counted, not estimated:
+generator's sample and `generator_loss`, backward and Adam, under the trainer's autocast (bf16
+on CUDA, float32 on the CPU); EMA and logging are left out. FLOPs are counted, not estimated:
 `torch.utils.flop_counter.FlopCounterMode` over one eager step (matmuls, convolutions and
 attention, forward and backward; elementwise work and the lazy R1 penalty of every 16th step are
-not counted, so the TFLOP/s is a lower bound of the arithmetic done). Achieved TFLOP/s = counted FLOPs per step x steps / seconds. The
-GPU switches (`initprobe.train.speed`) are tried one on top of the other: bf16+tf32, then
-channels_last, then torch.compile (the warm-up steps absorb the compilation). Peak memory is
-`initprobe.reproduce.memory.peak_bytes` of one step after the warm-up.
+not counted, so the TFLOP/s is a lower bound of the arithmetic done). Achieved TFLOP/s = counted
+FLOPs per step x steps / seconds. The GPU switches (`initprobe.train.speed`) are tried one on
+top of the other: bf16+tf32, then channels_last, then torch.compile (the warm-up steps absorb
+the compilation). Peak memory is `initprobe.reproduce.memory.peak_bytes` of one step after the
+warm-up.
 
 The network is a random-init EDM DDPM++ CIFAR-10 network (preset `cifar`, 32x32 RGB, ~56M
 parameters) as teacher and generator, or `--teacher edm-cifar10-32x32-uncond-vp.pkl`. On a CPU

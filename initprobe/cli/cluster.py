@@ -10,6 +10,8 @@ from . import app
 from .reproduce import (
     EXPERIMENTS,
     OUT,
+    ChannelsLast,
+    Compile,
     DataPath,
     Device,
     Experiments,
@@ -39,6 +41,8 @@ def reproduce_one_cmd(
     device: Device = "auto",
     threads: Threads = 1,
     smoke: Smoke = False,
+    channels_last: ChannelsLast = False,
+    compile: Compile = False,
 ):
     """Do the work of one line of a plan (initprobe reproduce --plan), with the same options as
     the reproduce command that wrote it; a finished teacher or run is not touched again.
@@ -48,9 +52,11 @@ def reproduce_one_cmd(
     import torch
 
     from ..reproduce.plan import run_target
+    from ..train.speed import Speed
     torch.set_num_threads(threads)
     _, studies, _, ws = prepare(profile, data_path, teacher, inception_weights, smoke,
-                                experiments, out, device)
+                                experiments, out, device,
+                                Speed(channels_last=channels_last, compile=compile))
     run_target(ws, studies, target, typer.echo)
 
 

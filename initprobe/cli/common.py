@@ -8,6 +8,8 @@ DATA_HELP = "dataset: digits (bundled, default), mnist, cifar10, folder"
 PATH_HELP = "path of the dataset file or folder (not needed for digits)"
 LAYERS_HELP = "blocks (last conv of every block), all, or comma-separated layer ids"
 DEVICE_HELP = "auto, cpu, cuda, cuda:N"
+CHANNELS_LAST_HELP = "GPU: channels_last layout of the networks (cuDNN's NHWC bf16 convolutions)"
+COMPILE_HELP = "GPU: torch.compile the generator and teacher (pays on long runs)"
 def layer_spec(spec: str) -> str | list[str]:
     return spec if spec in ("blocks", "all") else [s.strip() for s in spec.split(",") if s.strip()]
 

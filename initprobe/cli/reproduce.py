@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from . import app
+from .common import CHANNELS_LAST_HELP, COMPILE_HELP
 
 Opt = typer.Option
 
@@ -32,12 +33,15 @@ Experiments = Annotated[Path, Opt(help="folder of profiles.toml and the study co
 Device = Annotated[str, Opt(help="auto, cpu, cuda, cuda:N")]
 Threads = Annotated[int, Opt(min=1, help="torch CPU threads per process; float rounding, and so "
                                          "the numbers, depend on it (figures/: 1)")]
+ChannelsLast = Annotated[bool, Opt(help=CHANNELS_LAST_HELP)]
+Compile = Annotated[bool, Opt(help=COMPILE_HELP)]
 OUT, EXPERIMENTS = Path("runs/reproduce"), Path("experiments")
 
 
 def prepare(profile: str, data_path, teacher, inception_weights, smoke: bool, experiments: Path,
-            out: Path, device: str, only: str | None = None):
-    """(profile, every study, the chosen studies, workspace) of the options above."""
+            out: Path, device: str, speed, only: str | None = None):
+    """(profile, every study, the chosen studies, workspace) of the options above; `speed`: the
+    GPU switches of the students (`initprobe.train.speed.Speed`)."""
     from ..reproduce.config import load_profile, load_studies
     from ..reproduce.smoke import smoke_profile, smoke_study
     from ..reproduce.workspace import Workspace
@@ -48,11 +52,11 @@ def prepare(profile: str, data_path, teacher, inception_weights, smoke: bool, ex
         prof = smoke_profile(prof)
         studies, chosen = [smoke_study(s) for s in studies], [smoke_study(s) for s in chosen]
     folder = out / (f"{profile}-smoke" if smoke else profile)
-    return prof, studies, chosen, Workspace(prof, folder, device, log=typer.echo)
+    return prof, studies, chosen, Workspace(prof, folder, device, typer.echo, speed)
 
 
 def one_command(profile: str, data_path, teacher, inception_weights, smoke: bool,
-                experiments: Path, out: Path, device: str, threads: int) -> list[str]:
+                experiments: Path, out: Path, device: str, threads: int, speed) -> list[str]:
     """The `reproduce-one` call of these options, paths absolute (a plan line, less --target)."""
     def path(p) -> str:
         return str(Path(p).expanduser().resolve())
@@ -64,7 +68,9 @@ def one_command(profile: str, data_path, teacher, inception_weights, smoke: bool
                           ("--inception-weights", inception_weights)):
         if value:
             args += [option, path(value)]
-    return args + (["--smoke"] if smoke else [])
+    flags = (("--smoke", smoke), ("--channels-last", speed.channels_last),
+             ("--compile", speed.compile))
+    return args + [flag for flag, on in flags if on]
 
 
 @app.command("reproduce")
@@ -87,6 +93,8 @@ def reproduce_cmd(
                                          "on CUDA one GPU per worker, round-robin)")] = 1,
     threads: Threads = 1,
     smoke: Smoke = False,
+    channels_last: ChannelsLast = False,
+    compile: Compile = False,
     plan: Annotated[Path | None, Opt(help="write the pending teachers, gate and runs to this "
                                           "file as command lines (run them with initprobe "
                                           "submit), train nothing")] = None,
@@ -113,14 +121,16 @@ def reproduce_cmd(
     from ..reproduce.parallel import train_ahead
     from ..reproduce.plan import plan_stages, write_plan
     from ..reproduce.runner import cached_result, run_study
+    from ..train.speed import Speed
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
+    speed = Speed(channels_last=channels_last, compile=compile)
     prof, studies, chosen, ws = prepare(profile, data_path, teacher, inception_weights, smoke,
-                                        experiments, out, device, only)
+                                        experiments, out, device, speed, only)
     if plan is not None:
         stages = plan_stages(ws, chosen, one_command(profile, data_path, teacher,
                                                      inception_weights, smoke, experiments, out,
-                                                     device, threads))
+                                                     device, threads, speed))
         write_plan(plan, stages)
         typer.echo(f"wrote {plan}: " + (", ".join(f"{len(v)} {k}" for k, v in stages.items())
                                         or "nothing pending"))

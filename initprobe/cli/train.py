@@ -7,7 +7,7 @@ import typer
 
 from ..errors import UserError
 from . import app
-from .common import DATA_HELP, PATH_HELP, parse_ints
+from .common import CHANNELS_LAST_HELP, COMPILE_HELP, DATA_HELP, PATH_HELP, parse_ints
 
 INIT = "Initialization / ablation (applied in this order: interpolate, transfer, reinit, " \
        "shuffle, freeze)"
@@ -118,8 +118,11 @@ def train_cmd(
     eval_n: int = typer.Option(500, help="samples per evaluation (0 disables)"),
     ckpt_every: int = typer.Option(500, help="checkpoint every N steps"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
+    channels_last: bool = typer.Option(False, help=CHANNELS_LAST_HELP),
+    compile: bool = typer.Option(False, help=COMPILE_HELP),
 ):
     from ..train.onestep import OneStepConfig, train_onestep
+    from ..train.speed import Speed
     cfg = OneStepConfig(
         teacher=str(teacher), objective=objective, data=data, data_path=data_path,
         images=images, batch=batch, seed=seed, lr=lr, lr_aux=lr_aux, init=init,
@@ -131,7 +134,8 @@ def train_cmd(
         disc_features=disc_features, objective_options=parse_options(option),
         ema_halflife=ema_halflife, eval_every=eval_every,
         eval_at=parse_ints(eval_at, "--eval-at") or [], eval_n=eval_n, ckpt_every=ckpt_every)
-    rec = train_onestep(cfg, str(out), device=device)
+    rec = train_onestep(cfg, str(out), device=device,
+                        speed=Speed(channels_last=channels_last, compile=compile))
     shown = {k: rec[k] for k in ("fd_classifier", "precision", "recall", "coverage") if k in rec}
     typer.echo(f"done: {out} ({rec.get('images_seen', 0)} images) "
                + " ".join(f"{k} {v:.4g}" for k, v in shown.items()))

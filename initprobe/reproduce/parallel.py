@@ -84,7 +84,7 @@ def train_ahead(ws: Workspace, studies: list[Study], jobs: int,
         for future in as_completed(started):
             log(f"  {started[future]} teacher done in {future.result():.0f} s")
         between()
-        started = {pool.submit(run_job, cfg, out, device): (label, cfg)
+        started = {pool.submit(run_job, cfg, out, device, ws.speed): (label, cfg)
                    for out, (label, cfg) in runs.items()}
         for k, future in enumerate(as_completed(started), 1):
             log(f"  [{k}/{len(runs)}] " + run_line(*started[future], *future.result()))

@@ -28,6 +28,7 @@ from ..measure.quality import FeatureSummary, summarize_data
 from ..nets.io import latest_checkpoint, load_network, read_meta
 from ..train.loop import pick_device, to_plain
 from ..train.onestep import OneStepConfig, build_generator, resolve_config, train_onestep
+from ..train.speed import Speed
 from ..train.teacher import TeacherConfig, train_teacher
 from .config import CHECKPOINT, OTHER, Profile, Study, digest
 
@@ -45,10 +46,11 @@ def teacher_job(cfg: TeacherConfig, out: Path, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_job(cfg: OneStepConfig, out: Path, device: str) -> tuple[float, float | None]:
+def run_job(cfg: OneStepConfig, out: Path, device: str, speed: Speed = Speed()
+            ) -> tuple[float, float | None]:
     """Train (or resume) a student run; (seconds, final fd_classifier or None)."""
     t0 = time.perf_counter()
-    rec = train_onestep(cfg, str(out), device=device, progress=False)
+    rec = train_onestep(cfg, str(out), device=device, progress=False, speed=speed)
     return time.perf_counter() - t0, rec.get("fd_classifier")
 
 
@@ -61,8 +63,8 @@ class Workspace:
     """Teachers, runs and shared measurement inputs of one profile (module docstring)."""
 
     def __init__(self, profile: Profile, root: Path, device: str = "auto",
-                 log: Callable[[str], None] = print):
-        self.profile, self.root, self.log = profile, Path(root), log
+                 log: Callable[[str], None] = print, speed: Speed = Speed()):
+        self.profile, self.root, self.log, self.speed = profile, Path(root), log, speed
         self.device = pick_device(device)
 
     @property
@@ -153,7 +155,8 @@ class Workspace:
     def train(self, cfg: OneStepConfig, label: str) -> Path:
         out = self.run_dir(cfg)
         if not finished(out, cfg.images):
-            self.log("  " + run_line(label, cfg, *run_job(cfg, out, str(self.device))))
+            self.log("  " + run_line(label, cfg, *run_job(cfg, out, str(self.device),
+                                                          self.speed)))
         return out
 
     @cached_property

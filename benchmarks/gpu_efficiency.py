@@ -33,7 +33,7 @@ from initprobe.reproduce.memory import peak_bytes
 from initprobe.train.loop import pick_device
 from initprobe.train.objectives import objective_class
 from initprobe.train.onestep import OneStepConfig, build_generator, generator_map, resolve_config
-from initprobe.train.speed import Speed, apply_speed, autocast
+from initprobe.train.speed import Speed, apply_speed
 
 # dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s; the first
 # name contained in torch.cuda.get_device_name() wins
@@ -74,7 +74,8 @@ def trainer_step(teacher, options: dict, batch: int, speed: Speed, dev: torch.de
         g = torch.Generator().manual_seed(k)
         z = torch.randn(batch, *shape, generator=g).to(dev)
         real = real_images[torch.randint(len(real_images), (batch,), generator=g).to(dev)]
-        with autocast(dev):
+        # the trainer's autocast: bf16 on CUDA, float32 on the CPU
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             with torch.no_grad():
                 fake = sample(gen, z)
             objective.aux_step(fake, real, g, k)

@@ -26,6 +26,7 @@ process with batch B. On CUDA the forward
 passes run under bf16 autocast.
 """
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -46,7 +47,7 @@ from ..report.images import save_grid
 from ..runio import append_jsonl, read_jsonl
 from .loop import Dist, RunDir, pick_device, step_generator, to_plain, update_ema
 from .objectives import objective_class
-from .speed import Speed, apply_speed, autocast
+from .speed import Speed, apply_speed
 
 GEN_PRECONDS = ("edm", "edm-eps")
 DIVERGENCES = ("kl", "js")
@@ -182,13 +183,19 @@ def generator_map(cfg: OneStepConfig):
     return lambda net, z: two_step(net, z, cfg.sigma_mid, cfg.sigma_cond)
 
 
+def _autocast(dev: torch.device):
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def _sample_batches(sample, net, seeds, shape, dev, batch: int = 256):
     """Generated images for `seeds`, one CPU batch at a time (image i depends on seed i only)."""
     seeds = list(seeds)
     for start in range(0, len(seeds), batch):
         z = latents(seeds[start:start + batch], shape, dev)
-        with autocast(dev):
+        with _autocast(dev):
             yield sample(net, z).float().cpu()
 
 
@@ -297,7 +304,7 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
         z = ddp.shard(torch.randn(cfg.batch, *data.shape, generator=g)).to(dev)
         real = images[idx.to(dev)]
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)) + ddp.rank)  # dropout
-        with autocast(dev):
+        with _autocast(dev):
             with torch.no_grad():
                 fake = sample(model, z)
             logs = objective.aux_step(fake, real, step_generator(cfg.seed, step, 1), step)

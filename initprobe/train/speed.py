@@ -1,7 +1,7 @@
 """GPU efficiency switches of the one-step trainer. None changes a run's config (run folders and
 their hashes are the same with or without them); each changes float rounding on CUDA only.
 
-- bf16 autocast of the trainer's forward passes on CUDA (always; `autocast`);
+- (bf16 autocast of the trainer's forward passes on CUDA is always on, in the trainer;)
 - TF32 matmuls and convolutions for what stays in float32 on CUDA (`Speed.tf32`, on);
 - channels_last memory layout of the networks' weights (`Speed.channels_last`, opt-in): cuDNN's
   fast NHWC convolution kernels under bf16;
@@ -11,7 +11,6 @@ their hashes are the same with or without them); each changes float rounding on 
 `benchmarks/gpu_efficiency.py` measures images/s and achieved TFLOP/s of each combination.
 """
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -22,13 +21,6 @@ class Speed:
     tf32: bool = True
     channels_last: bool = False
     compile: bool = False
-
-
-def autocast(dev: torch.device):
-    """bf16 autocast on CUDA; nothing on the CPU (float32 there)."""
-    if dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def apply_speed(speed: Speed, dev: torch.device, *nets: torch.nn.Module) -> None:

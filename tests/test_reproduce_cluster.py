@@ -107,7 +107,8 @@ def test_cifar10_smoke_through_a_plan_run_by_submitit_locally(tmp_path, cifar):
             "--experiments", str(EXPERIMENTS)]
     missing = runner.invoke(app, ["reproduce", *base[:2], "--teacher", str(tmp_path / "no.pkl"),
                                   *base[4:], "--plan", str(tmp_path / "p.txt")])
-    assert missing.exit_code == 2 and "teacher checkpoint" in missing.output
+    assert isinstance(missing.exception, UserError) and "teacher checkpoint" in str(
+        missing.exception)
     plan = tmp_path / "plan.txt"
     res = runner.invoke(app, ["reproduce", *base, "--plan", str(plan)])
     assert res.exit_code == 0, res.output

@@ -46,7 +46,7 @@ def cifar(tmp_path_factory):
 
 def test_cifar10_profile_takes_a_checkpoint_and_skips_the_claim_it_cannot_test(tmp_path):
     prof = load_profile(EXPERIMENTS, "cifar10", data_path="cifar-10-batches-py")
-    assert prof.teacher == {"checkpoint": "edm-cifar10-32x32-uncond-vp.pkl"}
+    assert prof.teacher == {"checkpoint": str(Path("edm-cifar10-32x32-uncond-vp.pkl").resolve())}
     assert prof.features == "inception" and prof.other_teacher is None
     studies = load_studies(EXPERIMENTS, prof)
     assert [s.claim for s in studies] == [f"C{i}" for i in range(1, 11) if i != 8]
@@ -55,7 +55,8 @@ def test_cifar10_profile_takes_a_checkpoint_and_skips_the_claim_it_cannot_test(t
     with pytest.raises(UserError, match="does not apply to profile cifar10"):
         load_studies(EXPERIMENTS, prof, ["C8"])
     given = load_profile(EXPERIMENTS, "cifar10", "x", teacher="my.pkl", inception_weights="w.pth")
-    assert given.teacher == {"checkpoint": "my.pkl"} and given.inception_weights == "w.pth"
+    assert given.teacher == {"checkpoint": str(Path("my.pkl").resolve())}
+    assert given.inception_weights == "w.pth"
     # a checkpoint teacher is never mixed with training options
     (tmp_path / "profiles.toml").write_text(
         '[p]\ndata = "digits"\n[p.teacher]\ncheckpoint = "a.pkl"\npreset = "tiny"\n')

@@ -135,7 +135,9 @@ def load_profile(folder: Path, name: str, data_path: str | None = None,
     where.known(given, TEACHER_KEYS + (CHECKPOINT,), f"{name}.teacher")
     where.check(CHECKPOINT not in given or len(given) == 1, f"{name}.teacher.{CHECKPOINT}",
                 "a given checkpoint is not trained: drop the other teacher options")
-    teacher = {CHECKPOINT: str(teacher)} if teacher else given
+    teacher = {CHECKPOINT: teacher} if teacher else given
+    if CHECKPOINT in teacher:   # one absolute path: the same file gives the same hashes
+        teacher = {CHECKPOINT: str(Path(teacher[CHECKPOINT]).expanduser().resolve())}
     where.check(CHECKPOINT not in teacher or "other_teacher" not in p, f"{name}.other_teacher",
                 "needs a trained teacher (same options, other data), not a checkpoint")
     features = p.get("features", FEATURES[0])

@@ -1,19 +1,27 @@
 """What every training loop shares: the run directory, resumption, seeding, EMA, devices.
 
 Run directory layout:
+    OUT/.lock             the writer's pid and host while a run writes (`runlock`: one writer)
     OUT/config.json       the fully resolved config (written once; a rerun must match it)
-    OUT/metrics.jsonl     one line per logged step
+    OUT/metrics.jsonl     one line per logged step (a resumed run drops the lines after its
+                          checkpoint, which it logs again)
     OUT/checkpoints/      ckpt-0000100.{safetensors,json,state.pt}; the newest complete one resumes
     OUT/samples/          PNG grids
 Determinism: every random draw of step k comes from generators seeded by (seed, k), so a run
 resumed from the checkpoint at step k continues exactly as the uninterrupted run would.
+Divergence: `check_finite` stops a run at the first step whose loss, logged metrics or weights
+are not finite, before that step is logged or checkpointed, so every checkpoint is finite.
 Under torchrun, each step draws the *global* batch and every rank takes its slice, so N processes
 with batch B/N compute the same update as one process with batch B.
 """
 
 import hashlib
 import json
+import math
 import os
+import pickle
+import sys
+import zipfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -22,7 +30,8 @@ import torch.distributed as dist
 
 from ..errors import UserError
 from ..nets.io import latest_checkpoint, save_checkpoint
-from ..runio import atomic_save, atomic_write_json
+from ..runio import atomic_save, atomic_write_json, remove_orphans, truncate_jsonl
+from ..runlock import RunLock
 
 KEEP_CHECKPOINTS = 2
 
@@ -98,25 +107,73 @@ def to_plain(cfg) -> dict:
     return json.loads(json.dumps(asdict(cfg) if is_dataclass(cfg) else cfg, default=str))
 
 
-class RunDir:
-    """A run directory: fixes the config on first use and refuses a rerun with a different one."""
+def diverged(step: int, what: str, run: "RunDir") -> UserError:
+    """The one-line error that stops a diverged run: the step, what is not finite, and the
+    newest checkpoint (finite: every checkpoint passed `check_finite` before it was written)."""
+    last = run.latest()
+    kept = f"the last checkpoint, {last.name}, is finite" if last else "no checkpoint was written"
+    return UserError(f"training diverged at step {step}: {what} ({kept}); lower --lr and train "
+                     f"into a new --out")
 
-    def __init__(self, out: str | Path, config: dict, resume_ignore: tuple[str, ...] = ()):
+
+def check_finite(step: int, metrics: dict, net: torch.nn.Module, run: "RunDir"):
+    """UserError naming the step and the first non-finite metric (or the weights)."""
+    bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
+    if bad is not None:
+        raise diverged(step, f"{bad} is {metrics[bad]}", run)
+    finite = torch.stack([torch.isfinite(p.detach()).all() for p in net.parameters()])
+    if not bool(finite.all()):
+        raise diverged(step, "the weights are not finite", run)
+
+
+class RunDir:
+    """A run directory: one writer at a time (`lock`: the main process), fixes the config on
+    first use and refuses a rerun with a different one; use it as a context manager, which
+    releases the lock. The writer removes the temporary files of a killed predecessor."""
+
+    def __init__(self, out: str | Path, config: dict, resume_ignore: tuple[str, ...] = (),
+                 lock: bool = True):
         self.path = Path(out)
         self.config = config
+        self.lock = RunLock(self.path).acquire() if lock else None
+        try:
+            self.previous = self._check_config(resume_ignore)
+        except BaseException:
+            self.close()
+            raise
+        if self.lock:
+            for p in remove_orphans(self.path):
+                print(f"note: removed {p}, left by an interrupted write", file=sys.stderr)
+
+    def _check_config(self, resume_ignore: tuple[str, ...]) -> dict | None:
+        """The config of the run found here (None for a new run); UserError if it differs."""
         cfg_path = self.path / "config.json"
-        if cfg_path.exists():
-            try:
-                old = json.loads(cfg_path.read_text())
-            except json.JSONDecodeError:
-                raise UserError(f"{cfg_path}: damaged config; remove the run directory or pick "
-                                f"another --out") from None
-            diff = sorted(k for k in set(old) | set(config)
-                          if k not in resume_ignore and old.get(k) != config.get(k))
-            if diff:
-                shown = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:4])
-                raise UserError(f"{self.path} holds a run with a different config ({shown}); "
-                                f"use another --out, or rerun with the same options to resume")
+        if not cfg_path.exists():
+            return None
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict):
+            raise UserError(f"{cfg_path}: damaged config (not a JSON object); remove the run "
+                            f"directory or pick another --out")
+        diff = sorted(k for k in set(old) | set(self.config)
+                      if k not in resume_ignore and old.get(k) != self.config.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {self.config.get(k)!r}" for k in diff[:4])
+            raise UserError(f"{self.path} holds a run with a different config ({shown}); "
+                            f"use another --out, or rerun with the same options to resume")
+        return old
+
+    def close(self):
+        if self.lock:
+            self.lock.release()
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     @property
     def metrics(self) -> Path:
@@ -129,6 +186,15 @@ class RunDir:
     def write_config(self):
         if not (self.path / "config.json").exists():
             atomic_write_json(self.path / "config.json", self.config)
+
+    def update_config(self, **changes):
+        """Rewrite config.json with `changes` (a resume that records what changed)."""
+        self.previous = {**(self.previous or self.config), **changes}
+        atomic_write_json(self.path / "config.json", self.previous)
+
+    def resume_metrics(self, step: int):
+        """Drop the metrics lines after the checkpoint at `step` (all of them at step 0)."""
+        truncate_jsonl(self.metrics, step if step > 0 else None)
 
     def latest(self) -> Path | None:
         return latest_checkpoint(self.path) if (self.path / "checkpoints").exists() else None
@@ -144,10 +210,22 @@ class RunDir:
                 old.with_suffix(suffix).unlink(missing_ok=True)
         return stem
 
-    def load_state(self, stem: Path) -> dict:
+    def load_state(self, stem: Path, keys: tuple[str, ...] = ("net", "ema", "opt", "step")
+                   ) -> dict:
+        """The loop state of checkpoint `stem`: tensors and plain containers only (never code);
+        UserError if it is unreadable or lacks one of `keys`."""
         p = stem.with_suffix(".state.pt")
         try:
-            return torch.load(p, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as e:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise UserError(f"{p}: refused, it holds objects other than tensors and plain "
+                            f"containers; delete that checkpoint to resume from an older "
+                            f"one") from None
+        except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
             raise UserError(f"{p}: unreadable training state ({e}); delete that checkpoint to "
                             f"resume from an older one") from None
+        missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise UserError(f"{p}: not a training state (missing {', '.join(missing)}); delete "
+                            f"that checkpoint to resume from an older one")
+        return state

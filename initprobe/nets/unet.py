@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
+
 NEAR_ZERO = 1e-5
 ATTN_QKV = math.sqrt(0.2)
 
@@ -225,15 +227,17 @@ class UNet(nn.Module):
         emb_ch = cfg.model_channels * cfg.channel_mult_emb
         noise_ch = cfg.model_channels * cfg.channel_mult_noise
         if cfg.img_resolution % (2 ** (len(cfg.channel_mult) - 1)):
-            raise ValueError(f"img_resolution {cfg.img_resolution} is not divisible by "
-                             f"2^{len(cfg.channel_mult) - 1}")
+            raise UserError(f"image side {cfg.img_resolution} is not divisible by "
+                            f"2^{len(cfg.channel_mult) - 1} ({len(cfg.channel_mult)} "
+                            f"resolutions); pick a --size that is")
         blk = dict(emb_channels=emb_ch, dropout=cfg.dropout, resample_filter=cfg.resample_filter)
         if cfg.embedding_type == "positional":
             self.map_noise = PositionalEmbedding(noise_ch)
         elif cfg.embedding_type == "fourier":
             self.map_noise = FourierEmbedding(noise_ch)
         else:
-            raise ValueError(f"unknown embedding_type {cfg.embedding_type!r}")
+            raise UserError(f"unknown embedding_type {cfg.embedding_type!r}; use positional or "
+                            f"fourier")
         self.map_layer0 = Linear(noise_ch, emb_ch)
         self.map_layer1 = Linear(emb_ch, emb_ch)
 

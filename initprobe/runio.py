@@ -118,6 +118,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     p = Path(path)
     if not p.exists():
         return out
+    if not p.is_file():
+        raise UserError(f"{p}: not a file; move it away (it should hold one JSON record per "
+                        f"line)")
     for number, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
         try:
             record = json.loads(line)
@@ -136,8 +139,8 @@ def truncate_jsonl(path: str | os.PathLike, last_step: int | None) -> None:
     p = Path(path)
     if not p.exists():
         return
-    text = p.read_text(errors="replace")
     kept = [r for r in read_jsonl(p) if last_step is not None and r.get("step", 0) <= last_step]
+    text = p.read_text(errors="replace")
     if len(kept) != len(text.splitlines()) or not text.endswith("\n"):  # dropped or torn lines
         atomic_write_text(p, "".join(json.dumps(r, sort_keys=True, default=str) + "\n"
                                      for r in kept))

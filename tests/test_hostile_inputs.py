@@ -85,6 +85,16 @@ def test_damaged_checkpoint_json(teacher, tmp_path, edit, message):
     assert isinstance(r.exception, UserError) and message in str(r.exception), r.output
 
 
+def test_results_skips_a_config_that_is_not_an_object(teacher, tmp_path):
+    shutil.copytree(teacher, tmp_path / "runs" / "good")
+    (tmp_path / "runs" / "bad").mkdir()
+    (tmp_path / "runs" / "bad" / "config.json").write_text('"a string"')
+    with pytest.warns(UserWarning, match="bad/config.json: damaged config"):
+        r = invoke("results", tmp_path / "runs")
+    assert r.exit_code == 0, r.output
+    assert "good" in r.output and "bad" not in r.output.split("wrote")[0]
+
+
 def test_damaged_run_files(teacher, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(teacher, run)
@@ -116,6 +126,20 @@ def test_malicious_training_state_is_refused_without_running_it(teacher, tmp_pat
     torch.save({"net": {}}, latest_checkpoint(run).with_suffix(".state.pt"))
     with pytest.raises(UserError, match="not a training state.*missing ema, opt, step"):
         train_teacher(TeacherConfig(images=32 * 4, **TEACHER), run, progress=False)
+
+
+def test_training_state_of_another_network_or_a_folder_for_metrics(teacher, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(teacher, run)
+    state = latest_checkpoint(run).with_suffix(".state.pt")
+    torch.save({"net": {"x": torch.zeros(1)}, "ema": {}, "opt": {}, "step": 2}, state)
+    with pytest.raises(UserError, match="its net state does not fit this run"):
+        train_teacher(TeacherConfig(images=32 * 4, **TEACHER), run, progress=False)
+    state.unlink()
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()
+    r = invoke("results", tmp_path)
+    assert isinstance(r.exception, UserError) and "metrics.jsonl: not a file" in str(r.exception)
 
 
 @pytest.mark.parametrize("write, message", [

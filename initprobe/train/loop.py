@@ -210,8 +210,7 @@ class RunDir:
                 old.with_suffix(suffix).unlink(missing_ok=True)
         return stem
 
-    def load_state(self, stem: Path, keys: tuple[str, ...] = ("net", "ema", "opt", "step")
-                   ) -> dict:
+    def load_state(self, stem: Path, keys: tuple[str, ...]) -> dict:
         """The loop state of checkpoint `stem`: tensors and plain containers only (never code);
         UserError if it is unreadable or lacks one of `keys`."""
         p = stem.with_suffix(".state.pt")
@@ -229,3 +228,22 @@ class RunDir:
             raise UserError(f"{p}: not a training state (missing {', '.join(missing)}); delete "
                             f"that checkpoint to resume from an older one")
         return state
+
+    def restore(self, stem: Path, loaders: dict) -> int:
+        """Load checkpoint `stem`'s loop state: `loaders[key](state[key])` for every key (a
+        module's or optimizer's `load_state_dict`); returns its step. UserError if a part does
+        not fit this run."""
+        state = self.load_state(stem, (*loaders, "step"))
+        p = stem.with_suffix(".state.pt")
+        for key, load in loaders.items():
+            try:
+                load(state[key])
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+                raise UserError(f"{p}: its {key} state does not fit this run "
+                                f"({' '.join(str(e).split())[:160]}); delete that checkpoint to "
+                                f"resume from an older one") from None
+        if isinstance(state["step"], bool) or not isinstance(state["step"], int) or \
+                state["step"] < 0:
+            raise UserError(f"{p}: step {state['step']!r} is not a step count; delete that "
+                            f"checkpoint to resume from an older one")
+        return state["step"]

@@ -253,12 +253,8 @@ def _restore(run: RunDir, gen, ema, opt, objective) -> int:
     """Load the newest checkpoint's state, if any; returns the step to continue from."""
     if (stem := run.latest()) is None:
         return 0
-    state = run.load_state(stem)
-    gen.load_state_dict(state["net"])
-    ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["opt"])
-    objective.load_aux_state(state["aux"])
-    return state["step"]
+    return run.restore(stem, {"net": gen.load_state_dict, "ema": ema.load_state_dict,
+                              "opt": opt.load_state_dict, "aux": objective.load_aux_state})
 
 
 def _training_data(cfg: OneStepConfig, teacher):

@@ -78,11 +78,8 @@ def _train(cfg: TeacherConfig, run: RunDir, ddp: Dist, dev: torch.device,
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     step = 0
     if (stem := run.latest()) is not None:
-        state = run.load_state(stem)
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
+        step = run.restore(stem, {"net": net.load_state_dict, "ema": ema.load_state_dict,
+                                  "opt": opt.load_state_dict})
     if ddp.main:
         run.write_config()
         run.resume_metrics(step)

@@ -13,10 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from initprobe.errors import UserError
-from initprobe.nets.io import latest_checkpoint
+from initprobe.nets.io import ema_copy, latest_checkpoint
+from initprobe.nets.precond import Denoiser
+from initprobe.nets.unet import UNetConfig
 from initprobe.runio import atomic_save, atomic_write_text, read_jsonl
 from initprobe.runlock import LOCK_NAME, RunLock
 from initprobe.train import teacher as teacher_module
+from initprobe.train.loop import RunDir
 from initprobe.train.teacher import TeacherConfig, train_teacher
 
 SMALL = dict(preset="tiny", batch=32, log_every=1, ckpt_every=2, warmup_images=500,
@@ -138,6 +141,20 @@ def test_forced_divergence_stops_at_its_step_and_keeps_finite_checkpoints(tmp_pa
                    .values())
     assert max(r["step"] for r in read_jsonl(run / "metrics.jsonl")) == 4
     assert not (run / LOCK_NAME).exists()   # released on the error too
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    net = Denoiser(UNetConfig())
+    ema = ema_copy(net)
+    with torch.no_grad():
+        next(net.parameters())[0] = float("inf")
+    with RunDir(tmp_path / "run", {"kind": "test"}) as run:
+        with pytest.raises(UserError, match="diverged at step 3: the weights are not finite "
+                                            r"\(no checkpoint was written\)"):
+            run.save(3, net, ema, {"step": 3})
+        run.save(3, ema, ema_copy(ema), {"step": 3})
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == \
+        ["ckpt-0000003.json", "ckpt-0000003.safetensors", "ckpt-0000003.state.pt"]   # finite
 
 
 def test_real_divergence_exits_non_zero_with_one_line(tmp_path):

@@ -9,8 +9,9 @@ Run directory layout:
     OUT/samples/          PNG grids
 Determinism: every random draw of step k comes from generators seeded by (seed, k), so a run
 resumed from the checkpoint at step k continues exactly as the uninterrupted run would.
-Divergence: `check_finite` stops a run at the first step whose loss, logged metrics or weights
-are not finite, before that step is logged or checkpointed, so every checkpoint is finite.
+Divergence: `check_finite` stops a run at the first step whose loss or logged metrics are not
+finite, before that step is logged or checkpointed, and `RunDir.save` refuses non-finite
+weights, so every checkpoint is finite.
 Under torchrun, each step draws the *global* batch and every rank takes its slice, so N processes
 with batch B/N compute the same update as one process with batch B.
 """
@@ -109,21 +110,25 @@ def to_plain(cfg) -> dict:
 
 def diverged(step: int, what: str, run: "RunDir") -> UserError:
     """The one-line error that stops a diverged run: the step, what is not finite, and the
-    newest checkpoint (finite: every checkpoint passed `check_finite` before it was written)."""
+    newest checkpoint (finite: `RunDir.save` writes only finite weights)."""
     last = run.latest()
     kept = f"the last checkpoint, {last.name}, is finite" if last else "no checkpoint was written"
     return UserError(f"training diverged at step {step}: {what} ({kept}); lower --lr and train "
                      f"into a new --out")
 
 
-def check_finite(step: int, metrics: dict, net: torch.nn.Module, run: "RunDir"):
-    """UserError naming the step and the first non-finite metric (or the weights)."""
+def check_finite(step: int, metrics: dict, run: "RunDir"):
+    """UserError naming the step and the first non-finite metric. Called every step; the
+    weights are checked before each checkpoint instead (`RunDir.save`): checking them every
+    step cost 6% of a tiny-net and 1.3% of a small-net training step on the 2-core CPU."""
     bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
     if bad is not None:
         raise diverged(step, f"{bad} is {metrics[bad]}", run)
-    finite = torch.stack([torch.isfinite(p.detach()).all() for p in net.parameters()])
-    if not bool(finite.all()):
-        raise diverged(step, "the weights are not finite", run)
+
+
+def _finite(*modules: torch.nn.Module) -> bool:
+    return bool(torch.stack([torch.isfinite(p.detach()).all()
+                             for m in modules for p in m.parameters()]).all())
 
 
 class RunDir:
@@ -200,7 +205,10 @@ class RunDir:
         return latest_checkpoint(self.path) if (self.path / "checkpoints").exists() else None
 
     def save(self, step: int, net, ema, state: dict, **meta) -> Path:
-        """Write checkpoint `step` (weights, then loop state), then prune old ones."""
+        """Write checkpoint `step` (weights, then loop state), then prune old ones; a diverged
+        UserError instead if the weights are not finite, so every checkpoint is."""
+        if not _finite(net, ema):
+            raise diverged(step, "the weights are not finite", self)
         stem = self.path / "checkpoints" / f"ckpt-{step:07d}"
         atomic_save(stem.with_suffix(".state.pt"), lambda tmp: torch.save(state, tmp))
         save_checkpoint(stem, net, ema, step=step, **meta)

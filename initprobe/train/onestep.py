@@ -377,7 +377,7 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
         update_ema(ema, gen, cfg.batch, _ema_halflife(cfg, step * cfg.batch))
         bar.update(1)
         logs.update(gen_logs)
-        check_finite(step, logs, gen, run)
+        check_finite(step, logs, run)
         if step % cfg.log_every == 0 or step == total:
             rate = (step - step0) * cfg.batch / max(time.perf_counter() - t0, 1e-9)
             record = {"kind": "train", "step": step, "images_seen": step * cfg.batch,

@@ -105,7 +105,7 @@ def _train(cfg: TeacherConfig, run: RunDir, ddp: Dist, dev: torch.device,
         opt.step()
         update_ema(ema, net, cfg.batch, cfg.ema_halflife)
         step += 1
-        check_finite(step, {"loss": float(loss.detach())}, net, run)
+        check_finite(step, {"loss": float(loss.detach())}, run)
         bar.update(1)
         if step % cfg.log_every == 0 or step == total_steps:
             seen = step * cfg.batch

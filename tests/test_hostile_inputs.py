@@ -243,7 +243,7 @@ def test_parse_errors_are_one_line_exit_2(capsys, args, message):
 
 def test_the_entry_point_prints_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "initprobe", "train-teacher", "--images", "abc",
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("error: Invalid value for '--images'")
 
@@ -282,3 +282,11 @@ def test_student_divergence_is_one_line_with_step_and_metric(teacher, tmp_path, 
     assert " is nan " in err or "weights are not finite" in err
     last = latest_checkpoint(tmp_path / "s")
     assert last is None or last.name in err
+
+
+def test_divergence_with_evaluation_on_is_an_error_not_a_linalg_traceback(teacher, tmp_path):
+    cfg = OneStepConfig(teacher=str(teacher), lr=1e3, images=32 * 8, batch=32, eval_n=20,
+                        eval_every=64, eval_classifier_steps=20, ckpt_every=1, log_every=1)
+    with pytest.raises(UserError, match=r"diverged at step [1-8]: (the EMA generator's samples "
+                                        r"are not finite|\w+ is nan|\w+ is inf|the weights)"):
+        train_onestep(cfg, str(tmp_path / "s"), progress=False)

@@ -31,7 +31,7 @@ def cli(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def wait_for_lock(run, proc, timeout=60.0) -> dict:
+def wait_for_lock(run, proc, timeout=600.0) -> dict:
     """The lock record once the process `proc` has written it."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -50,15 +50,17 @@ def test_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(tmp_pa
     try:
         holder = wait_for_lock(run, first)
         assert holder["pid"] == first.pid and holder["host"]
+        while latest_checkpoint(run) is None:
+            assert first.poll() is None
+            time.sleep(0.2)
+        first.send_signal(signal.SIGSTOP)   # still holding the lock, no longer using the CPU
         second = cli("train-teacher", "--images", 10**7, "--batch", 32, "--ckpt-every", 2,
                      "--seed", 1, "--out", run)
-        out, err = second.communicate(timeout=120)
+        out, err = second.communicate(timeout=600)
         assert second.returncode == 2
         assert err.count("\n") == 1 and err.startswith("error: ")
         assert f"being written by pid {first.pid} on host {holder['host']}" in err
-        assert first.poll() is None   # the first writer is untouched and still running
-        while latest_checkpoint(run) is None:
-            time.sleep(0.2)
+        assert first.poll() is None   # the first writer is untouched
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -160,7 +162,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
 def test_real_divergence_exits_non_zero_with_one_line(tmp_path):
     proc = cli("train-teacher", "--lr", 1e6, "--images", 32 * 20, "--batch", 32,
                "--ckpt-every", 1, "--out", tmp_path / "run")
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 2 and err.count("\n") == 1
     assert err.startswith("error: training diverged at step ") and "is nan" in err
     last = latest_checkpoint(tmp_path / "run")

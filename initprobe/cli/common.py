@@ -26,6 +26,8 @@ def dataset_images(net, data: str, data_path: str | None, split: str, n_images: 
     """`n_images` images of the dataset at the network's size; UserError if the channels
     differ."""
     from ..data import load_dataset
+    if n_images < 1:
+        raise UserError(f"--n-images {n_images}: give at least 1 image")
     ds = load_dataset(data, data_path, split, net.cfg.img_resolution, limit=n_images)
     if ds.shape[0] != net.cfg.in_channels:
         raise UserError(f"{data} images have {ds.shape[0]} channels but the network takes "

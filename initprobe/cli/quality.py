@@ -36,15 +36,18 @@ def train_features_cmd(
                f"(cached under {cache_dir() / 'features'})")
 
 
-def _setup(data: str, data_path: str | None, network: str, weights: Path | None, device: str):
-    """(train data, extractor on the device, device)."""
+def _setup(data: str, data_path: str | None, network: str, weights: Path | None, device: str,
+           checkpoints: list[Path]):
+    """(train data, extractor on the device, device, the checkpoints' networks); the networks
+    are loaded and checked against the data before the extractor (maybe trained) is made."""
     from ..data import load_dataset
     from ..measure.extractors import make_extractor
     from ..train.loop import pick_device
     dev = pick_device(device)
     train = load_dataset(data, data_path, "train")
+    nets = [_load(c, train, dev) for c in checkpoints]
     test = load_dataset(data, data_path, "test")
-    return train, make_extractor(network, train, test, weights).to(dev), dev
+    return train, make_extractor(network, train, test, weights).to(dev), dev, nets
 
 
 def _load(checkpoint: Path, data, dev):
@@ -99,15 +102,18 @@ def quality_cmd(
              --network inception --inception-weights pt_inception-2015-12-05-6726825d.pth
     """
     from ..measure.quality import quality_metrics, summarize_data, summarize_samples
-    from ..runio import atomic_write_text
+    from ..runio import atomic_write_text, writable_dir
     from ..schema import frame
     names = run_labels(checkpoints, label)
-    train, extractor, dev = _setup(data, data_path, network, inception_weights, device)
-    nets = {name: _load(c, train, dev) for name, c in zip(names, checkpoints)}
+    writable_dir(out)
+    refs = [] if reference == "data" else [Path(reference)]
+    train, extractor, dev, loaded = _setup(data, data_path, network, inception_weights, device,
+                                           [*checkpoints, *refs])
+    nets = dict(zip(names, loaded))
     if reference == "data":
         ref = summarize_data(extractor, train, batch=batch)
     else:
-        ref = summarize_samples(extractor, _load(Path(reference), train, dev), n,
+        ref = summarize_samples(extractor, loaded[-1], n,
                                 reference_sampler or sampler, reference_steps or steps,
                                 sigma_mid, batch)
     records = []
@@ -149,12 +155,13 @@ def relfid_cmd(
     """
     from ..measure.relfid import relfid_sweep
     from ..report.figures import relfid_figure
-    from ..runio import atomic_write_text
+    from ..runio import atomic_write_text, writable_dir
+    writable_dir(out)
     step_list = _numbers(steps, int, "--steps")
     mids = _numbers(sigma_mid, float, "--sigma-mid")
-    train, extractor, dev = _setup(data, data_path, network, inception_weights, device)
-    df = relfid_sweep(_load(teacher, train, dev), _load(student, train, dev), train, extractor,
-                      step_list, mids, n, batch, step_sampler)
+    train, extractor, dev, (t_net, s_net) = _setup(data, data_path, network, inception_weights,
+                                                   device, [teacher, student])
+    df = relfid_sweep(t_net, s_net, train, extractor, step_list, mids, n, batch, step_sampler)
     df["teacher"], df["student"] = str(teacher), str(student)
     atomic_write_text(out / "relfid.csv", df.to_csv(index=False))
     png = relfid_figure(df, out / "relfid.png")

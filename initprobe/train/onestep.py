@@ -27,6 +27,7 @@ passes run under bf16 autocast.
 """
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -41,11 +42,20 @@ from ..measure.extractors import Extractor, weights_hash
 from ..measure.features import load_or_train
 from ..measure.quality import quality_metrics, summarize, summarize_data
 from ..nets.diffusers_adapter import DiffusersDenoiser, describe
-from ..nets.io import ema_copy, load_network
+from ..nets.io import ema_copy, load_network, read_meta
 from ..nets.precond import Denoiser
 from ..report.images import save_grid
 from ..runio import append_jsonl, read_jsonl
-from .loop import Dist, RunDir, pick_device, step_generator, to_plain, update_ema
+from .loop import (
+    Dist,
+    RunDir,
+    check_finite,
+    diverged,
+    pick_device,
+    step_generator,
+    to_plain,
+    update_ema,
+)
 from .objectives import objective_class
 
 GEN_PRECONDS = ("edm", "edm-eps")
@@ -126,6 +136,11 @@ def resolve_config(cfg: OneStepConfig) -> OneStepConfig:
            f"--eval-n {cfg.eval_n} is too small for the k-NN metrics; use 0 (off) or >= 10")
     if cfg.lr_aux is None:
         cfg.lr_aux = LR_AUX_BY_OBJECTIVE.get(cfg.objective, LR_AUX)
+    for name in ("lr", "lr_aux", "sigma_cond", "sigma_mid", "disc_sigma", "r1_gamma",
+                 "ema_halflife"):
+        value = getattr(cfg, name)
+        _check(value is None or math.isfinite(value),
+               f"--{name.replace('_', '-')} must be a finite number, got {value}")
     _check(cfg.lr > 0 and cfg.lr_aux > 0, "learning rates must be positive")
     _check(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas),
            f"betas {cfg.betas} must be two numbers in [0, 1)")
@@ -215,8 +230,20 @@ class _Evaluator:
         self.cfg, self.shape, self.dev = cfg, train.shape, dev
 
     def __call__(self, sample, ema) -> dict:
+        """The metrics; `_NonFinite` if a sample is not finite (finite weights can still
+        overflow), which would break the Frechet distance's eigendecomposition."""
+        def finite(batches):
+            for x in batches:
+                if not bool(torch.isfinite(x).all()):
+                    raise _NonFinite
+                yield x
         batches = _sample_batches(sample, ema, range(self.cfg.eval_n), self.shape, self.dev)
-        return quality_metrics(summarize(self.extractor, batches), self.reference, self.extractor)
+        return quality_metrics(summarize(self.extractor, finite(batches)), self.reference,
+                               self.extractor)
+
+
+class _NonFinite(Exception):
+    pass
 
 
 def _evaluates(cfg: OneStepConfig, step: int, total: int) -> bool:
@@ -241,31 +268,74 @@ def _restore(run: RunDir, gen, ema, opt, objective) -> int:
     """Load the newest checkpoint's state, if any; returns the step to continue from."""
     if (stem := run.latest()) is None:
         return 0
-    state = run.load_state(stem)
-    gen.load_state_dict(state["net"])
-    ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["opt"])
-    objective.load_aux_state(state["aux"])
-    return state["step"]
+    return run.restore(stem, {"net": gen.load_state_dict, "ema": ema.load_state_dict,
+                              "opt": opt.load_state_dict, "aux": objective.load_aux_state})
 
 
-def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
-                  progress: bool = True) -> dict:
+def _training_data(cfg: OneStepConfig, teacher):
+    """The training images at the teacher's side; UserError for another channel count, or for
+    images larger than the teacher's unless the teacher was trained on this dataset (then it
+    saw them resized the same way)."""
+    side = teacher.cfg.img_resolution
+    data = load_dataset(cfg.data, cfg.data_path)
+    _check(data.shape[0] == teacher.cfg.in_channels,
+           f"{cfg.data} has {data.shape[0]} channels but the teacher takes "
+           f"{teacher.cfg.in_channels}; pick the teacher's dataset")
+    if data.shape[-1] > side:
+        try:
+            teacher_data = read_meta(cfg.teacher).get("data")
+        except UserError:
+            teacher_data = None   # a foreign teacher (EDM pickle, diffusers) records no data
+        _check(teacher_data == cfg.data,
+               f"{cfg.data} images are {data.shape[-1]}x{data.shape[-1]} but the teacher makes "
+               f"{side}x{side} images; train on the teacher's dataset, or train a teacher on "
+               f"{cfg.data} first (train-teacher --data {cfg.data})")
+    return data if data.shape[-1] == side else load_dataset(cfg.data, cfg.data_path, size=side)
+
+
+def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto", progress: bool = True,
+                  allow_teacher_change: bool = False) -> dict:
     """Train (or resume) a one-step generator in run directory `out`; returns the last record
-    (the final evaluation when there is one)."""
+    (the final evaluation when there is one). config.json records the teacher's weights hash;
+    resuming against a teacher whose weights changed is refused unless `allow_teacher_change`,
+    which records the change (`teacher_changes`: step, old and new hash)."""
     cfg = resolve_config(cfg)
     ddp = Dist()
     ddp.local_batch(cfg.batch)  # batch must split evenly across ranks
     dev = pick_device(device)
     teacher = _load_teacher(cfg, dev)
-    data = load_dataset(cfg.data, cfg.data_path, size=teacher.cfg.img_resolution)
-    _check(data.shape[0] == teacher.cfg.in_channels,
-           f"{cfg.data} has {data.shape[0]} channels but the teacher takes "
-           f"{teacher.cfg.in_channels}; pick the teacher's dataset")
+    data = _training_data(cfg, teacher)
     gen, records = build_generator(cfg, teacher)
+    _check(any(p.requires_grad for p in gen.parameters()),
+           f"--freeze {cfg.freeze} leaves no trainable parameter; freeze fewer layers (e.g. gdd)")
     frozen = next((r["fraction"] for r in records if r["op"] == "freeze"), 0.0)
-    run = RunDir(out, {"kind": "student", **to_plain(cfg), "init_records": records,
-                       "frozen_fraction": frozen}, resume_ignore=("images",))
+    config = {"kind": "student", **to_plain(cfg), "init_records": records,
+              "frozen_fraction": frozen, "teacher_hash": weights_hash(teacher)}
+    with RunDir(out, config, resume_ignore=("images", "teacher_hash", "teacher_changes"),
+                lock=ddp.main) as run:
+        return _train(cfg, run, ddp, dev, teacher, data, gen, records, progress,
+                      allow_teacher_change)
+
+
+def _teacher_check(run: RunDir, step: int, allow_change: bool) -> dict | None:
+    """The config.json changes that record the teacher of a resumed run (None: unchanged);
+    UserError when its weights changed and that is not allowed."""
+    new = run.config["teacher_hash"]
+    if run.previous is None or run.previous.get("teacher_hash") == new:
+        return None
+    old = run.previous.get("teacher_hash")
+    if old is None:   # a run from before teachers were hashed: record the hash from now on
+        return {"teacher_hash": new}
+    _check(allow_change, f"the teacher {run.config['teacher']} changed since {run.path} was "
+                         f"trained from it (weights hash {old} -> {new}); restore that teacher, "
+                         f"use another --out, or pass --allow-teacher-change to continue and "
+                         f"record the change")
+    changes = run.previous.get("teacher_changes", []) + [{"step": step, "from": old, "to": new}]
+    return {"teacher_hash": new, "teacher_changes": changes}
+
+
+def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teacher, data, gen,
+           records: list[dict], progress: bool, allow_teacher_change: bool) -> dict:
     images = data.images.to(dev)
     torch.manual_seed(cfg.seed)
     objective = objective_class(cfg.objective)(teacher, cfg, data.shape, dev)
@@ -273,10 +343,14 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
     opt = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=cfg.lr,
                            betas=cfg.betas)
     step = _restore(run, gen, ema, opt, objective)
+    teacher_changes = _teacher_check(run, step, allow_teacher_change)
     evaluate = _Evaluator(cfg, data, dev) if ddp.main and cfg.eval_n else None
     sample = generator_map(cfg)
     if ddp.main:
         run.write_config()
+        if teacher_changes:
+            run.update_config(**teacher_changes)
+        run.resume_metrics(step)
         if step == 0:
             save_grid(_samples(sample, ema, range(GRID), data.shape, dev), run.samples / "init.png")
     model = torch.nn.parallel.DistributedDataParallel(gen) if ddp.on else gen
@@ -286,8 +360,11 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
                 sigma_mid=cfg.sigma_mid)
 
     def log_eval(step: int) -> dict:
-        rec = {"kind": "eval", "step": step, "images_seen": step * cfg.batch,
-               **evaluate(sample, ema)}
+        try:
+            metrics = evaluate(sample, ema)
+        except _NonFinite:
+            raise diverged(step, "the EMA generator's samples are not finite", run) from None
+        rec = {"kind": "eval", "step": step, "images_seen": step * cfg.batch, **metrics}
         append_jsonl(run.metrics, rec)
         return rec
 
@@ -315,6 +392,7 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
         update_ema(ema, gen, cfg.batch, _ema_halflife(cfg, step * cfg.batch))
         bar.update(1)
         logs.update(gen_logs)
+        check_finite(step, logs, run)
         if step % cfg.log_every == 0 or step == total:
             rate = (step - step0) * cfg.batch / max(time.perf_counter() - t0, 1e-9)
             record = {"kind": "train", "step": step, "images_seen": step * cfg.batch,

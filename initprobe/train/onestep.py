@@ -26,7 +26,6 @@ process with batch B. On CUDA the forward
 passes run under bf16 autocast.
 """
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,16 +35,15 @@ from tqdm.auto import tqdm
 
 from ..ablate.ops import build_init
 from ..data import load_dataset
-from ..diffusion import SIGMA_MAX, latents, one_step, two_step
+from ..diffusion import SIGMA_MAX, one_step, two_step
 from ..errors import UserError
-from ..measure.extractors import Extractor, weights_hash
-from ..measure.features import load_or_train
-from ..measure.quality import quality_metrics, summarize, summarize_data
+from ..measure.extractors import weights_hash
 from ..nets.diffusers_adapter import DiffusersDenoiser, describe
 from ..nets.io import ema_copy, load_network, read_meta
 from ..nets.precond import Denoiser
 from ..report.images import save_grid
 from ..runio import append_jsonl, read_jsonl
+from .evaluation import Evaluator, NonFiniteSamples, autocast, evaluates, samples
 from .loop import (
     Dist,
     RunDir,
@@ -197,63 +195,6 @@ def generator_map(cfg: OneStepConfig):
     return lambda net, z: two_step(net, z, cfg.sigma_mid, cfg.sigma_cond)
 
 
-def _autocast(dev: torch.device):
-    if dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def _sample_batches(sample, net, seeds, shape, dev, batch: int = 256):
-    """Generated images for `seeds`, one CPU batch at a time (image i depends on seed i only)."""
-    seeds = list(seeds)
-    for start in range(0, len(seeds), batch):
-        z = latents(seeds[start:start + batch], shape, dev)
-        with _autocast(dev):
-            yield sample(net, z).float().cpu()
-
-
-def _samples(sample, net, seeds, shape, dev) -> torch.Tensor:
-    return torch.cat(list(_sample_batches(sample, net, seeds, shape, dev)))
-
-
-class _Evaluator:
-    """Sample quality of the EMA generator on fixed seeds against the training images, on the
-    cached domain classifier trained for `eval_classifier_steps`."""
-
-    def __init__(self, cfg: OneStepConfig, train, dev):
-        test = load_dataset(cfg.data, cfg.data_path, "test", size=train.shape[-1])
-        fnet, meta = load_or_train(train, test, steps=cfg.eval_classifier_steps, progress=False)
-        self.extractor = Extractor("classifier", fnet.body, weights_hash(fnet), fnet.head,
-                                   meta["num_classes"]).to(dev)
-        self.reference = summarize_data(self.extractor, train)
-        self.cfg, self.shape, self.dev = cfg, train.shape, dev
-
-    def __call__(self, sample, ema) -> dict:
-        """The metrics; `_NonFinite` if a sample is not finite (finite weights can still
-        overflow), which would break the Frechet distance's eigendecomposition."""
-        def finite(batches):
-            for x in batches:
-                if not bool(torch.isfinite(x).all()):
-                    raise _NonFinite
-                yield x
-        batches = _sample_batches(sample, ema, range(self.cfg.eval_n), self.shape, self.dev)
-        return quality_metrics(summarize(self.extractor, finite(batches)), self.reference,
-                               self.extractor)
-
-
-class _NonFinite(Exception):
-    pass
-
-
-def _evaluates(cfg: OneStepConfig, step: int, total: int) -> bool:
-    """Whether step `step` ends with an evaluation: the last step, every `eval_every` images and
-    the first step at or past each of `eval_at`."""
-    before, now = (step - 1) * cfg.batch, step * cfg.batch
-    return (step == total or any(before < b <= now for b in cfg.eval_at)
-            or (cfg.eval_every > 0 and now // cfg.eval_every > before // cfg.eval_every))
-
-
 def _ema_halflife(cfg: OneStepConfig, images_seen: int) -> float:
     return EMA_RAMPUP * images_seen if cfg.ema_halflife is None else cfg.ema_halflife
 
@@ -344,7 +285,7 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
                            betas=cfg.betas)
     step = _restore(run, gen, ema, opt, objective)
     teacher_changes = _teacher_check(run, step, allow_teacher_change)
-    evaluate = _Evaluator(cfg, data, dev) if ddp.main and cfg.eval_n else None
+    evaluate = Evaluator(cfg, data, dev) if ddp.main and cfg.eval_n else None
     sample = generator_map(cfg)
     if ddp.main:
         run.write_config()
@@ -352,7 +293,7 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
             run.update_config(**teacher_changes)
         run.resume_metrics(step)
         if step == 0:
-            save_grid(_samples(sample, ema, range(GRID), data.shape, dev), run.samples / "init.png")
+            save_grid(samples(sample, ema, range(GRID), data.shape, dev), run.samples / "init.png")
     model = torch.nn.parallel.DistributedDataParallel(gen) if ddp.on else gen
     total = -(-cfg.images // cfg.batch)
     meta = dict(kind="student", objective=cfg.objective, init=records, data=cfg.data,
@@ -362,7 +303,7 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
     def log_eval(step: int) -> dict:
         try:
             metrics = evaluate(sample, ema)
-        except _NonFinite:
+        except NonFiniteSamples:
             raise diverged(step, "the EMA generator's samples are not finite", run) from None
         rec = {"kind": "eval", "step": step, "images_seen": step * cfg.batch, **metrics}
         append_jsonl(run.metrics, rec)
@@ -378,7 +319,7 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
         z = ddp.shard(torch.randn(cfg.batch, *data.shape, generator=g)).to(dev)
         real = images[idx.to(dev)]
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)) + ddp.rank)  # dropout
-        with _autocast(dev):
+        with autocast(dev):
             with torch.no_grad():
                 fake = sample(model, z)
             logs = objective.aux_step(fake, real, step_generator(cfg.seed, step, 1), step)
@@ -401,7 +342,7 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
                              "img_s": f"{rate:.0f}"})
             if ddp.main:
                 append_jsonl(run.metrics, record)
-        if evaluate and _evaluates(cfg, step, total):
+        if evaluate and evaluates(cfg, step, total):
             record = log_eval(step)
         if ddp.main and (step % cfg.ckpt_every == 0 or step == total):
             run.save(step, gen, ema, _state(step, gen, ema, opt, objective),
@@ -409,5 +350,5 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
         ddp.barrier()
     bar.close()
     if ddp.main:
-        save_grid(_samples(sample, ema, range(GRID), data.shape, dev), run.samples / "final.png")
+        save_grid(samples(sample, ema, range(GRID), data.shape, dev), run.samples / "final.png")
     return record or (read_jsonl(run.metrics) or [{}])[-1]

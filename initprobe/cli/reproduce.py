@@ -35,7 +35,7 @@ def reproduce_cmd(
                                             "so the numbers, depend on it (figures/: 1)")] = 1,
 ):
     """Run the whole reproduction: train the teachers and every study's runs, measure, and
-    judge each claim C1-C10 by the verdict rules of its config; writes one figure per
+    judge each claim C1-C11 by the verdict rules of its config; writes one figure per
     measurement, sample grids, findings.csv and findings.md. Rerunning resumes: finished runs
     and cached measurements are skipped, verdicts are re-evaluated.
 

@@ -87,7 +87,7 @@ def write_experiments(folder: Path, study: str = STUDY) -> Path:
 def test_shipped_configs_are_valid(profile):
     prof = load_profile(EXPERIMENTS, profile, data_path="mnist.npz")
     studies = load_studies(EXPERIMENTS, prof)
-    assert [s.claim for s in studies] == [f"C{i}" for i in range(1, 11)]
+    assert [s.claim for s in studies] == [f"C{i}" for i in range(1, 12)]
     assert all(len(s.seeds) >= 3 for s in studies)
 
 

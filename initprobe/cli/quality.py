@@ -7,7 +7,7 @@ import typer
 
 from ..errors import UserError
 from . import app
-from .common import DATA_HELP, DEVICE_HELP, PATH_HELP, run_labels
+from .common import DATA_HELP, DEVICE_HELP, PATH_HELP, numbers, run_labels
 
 Opt = typer.Option
 NETWORK_HELP = "feature network: classifier (trained on the data, cached) or inception (FID)"
@@ -58,16 +58,6 @@ def _load(checkpoint: Path, data, dev):
         raise UserError(f"{checkpoint} makes {net.cfg.in_channels}x{net.cfg.img_resolution}^2 "
                         f"images but {data.name} has shape {data.shape}; pick the matching --data")
     return net
-
-
-def _numbers(spec: str, kind, option: str) -> list:
-    try:
-        values = [kind(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"bad {option} {spec!r}; give comma-separated numbers like 2,4,6") from None
-    if not values:
-        raise UserError(f"{option} is empty; give comma-separated numbers like 2,4,6")
-    return values
 
 
 @app.command("quality")
@@ -157,8 +147,8 @@ def relfid_cmd(
     from ..report.figures import relfid_figure
     from ..runio import atomic_write_text, writable_dir
     writable_dir(out)
-    step_list = _numbers(steps, int, "--steps")
-    mids = _numbers(sigma_mid, float, "--sigma-mid")
+    step_list = numbers(steps, int, "--steps")
+    mids = numbers(sigma_mid, float, "--sigma-mid")
     train, extractor, dev, (t_net, s_net) = _setup(data, data_path, network, inception_weights,
                                                    device, [teacher, student])
     df = relfid_sweep(t_net, s_net, train, extractor, step_list, mids, n, batch, step_sampler)

@@ -230,6 +230,15 @@ def test_correlation_rule():
     assert evaluate({**rule, "sign": "positive"}, table).verdict == FAILS
 
 
+def test_a_correlation_at_exactly_the_threshold_holds():
+    rows = [{"group": g, "seed": 0, "x": math.nan, "metric": m, "value": v}
+            for g, x, y in zip("abcde", [1, 2, 3, 4, 5], [3, 4, 5, 1, 2])
+            for m, v in (("p", x), ("fd", y))]          # Spearman -0.5 (float: -0.4999...)
+    rule = {"type": "correlation", "groups": list("abcde"), "x_metric": "p", "y_metric": "fd",
+            "sign": "negative", "min_abs": 0.5}
+    assert evaluate(rule, Measured(pd.DataFrame(rows))).verdict == HOLDS
+
+
 def test_a_claim_holds_only_if_every_rule_holds():
     assert combine([HOLDS, HOLDS]) == HOLDS
     assert combine([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE

@@ -38,26 +38,24 @@ def train_features_cmd(
 
 def _setup(data: str, data_path: str | None, network: str, weights: Path | None, device: str,
            checkpoints: list[Path]):
-    """(train data, extractor on the device, device, the checkpoints' networks); the networks
-    are loaded and checked against the data before the extractor (maybe trained) is made."""
+    """(train data at the checkpoints' image side, extractor on the device, device, the
+    checkpoints' networks); the networks are loaded and checked against the data before the
+    extractor (maybe trained) is made."""
     from ..data import load_dataset
     from ..measure.extractors import make_extractor
+    from ..nets.io import load_network
     from ..train.loop import pick_device
     dev = pick_device(device)
-    train = load_dataset(data, data_path, "train")
-    nets = [_load(c, train, dev) for c in checkpoints]
-    test = load_dataset(data, data_path, "test")
+    nets = [load_network(c).to(dev) for c in checkpoints]
+    size = nets[0].cfg.img_resolution if nets else None
+    train = load_dataset(data, data_path, "train", size)
+    for checkpoint, net in zip(checkpoints, nets):
+        if (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution) != train.shape:
+            raise UserError(f"{checkpoint} makes {net.cfg.in_channels}x"
+                            f"{net.cfg.img_resolution}^2 images but {train.name} has shape "
+                            f"{train.shape}; pick the matching --data")
+    test = load_dataset(data, data_path, "test", size)
     return train, make_extractor(network, train, test, weights).to(dev), dev, nets
-
-
-def _load(checkpoint: Path, data, dev):
-    """The checkpoint's network on `dev`; UserError if its images do not match the data."""
-    from ..nets.io import load_network
-    net = load_network(checkpoint).to(dev)
-    if (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution) != data.shape:
-        raise UserError(f"{checkpoint} makes {net.cfg.in_channels}x{net.cfg.img_resolution}^2 "
-                        f"images but {data.name} has shape {data.shape}; pick the matching --data")
-    return net
 
 
 @app.command("quality")

@@ -41,20 +41,18 @@ def _setup(data: str, data_path: str | None, network: str, weights: Path | None,
     """(train data at the checkpoints' image side, extractor on the device, device, the
     checkpoints' networks); the networks are loaded and checked against the data before the
     extractor (maybe trained) is made."""
-    from ..data import load_dataset
     from ..measure.extractors import make_extractor
-    from ..nets.io import load_network
+    from ..nets.io import dataset_for_network, load_network
     from ..train.loop import pick_device
     dev = pick_device(device)
     nets = [load_network(c).to(dev) for c in checkpoints]
-    size = nets[0].cfg.img_resolution if nets else None
-    train = load_dataset(data, data_path, "train", size)
+    train = dataset_for_network(nets[0], checkpoints[0], data, data_path)
     for checkpoint, net in zip(checkpoints, nets):
         if (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution) != train.shape:
             raise UserError(f"{checkpoint} makes {net.cfg.in_channels}x"
                             f"{net.cfg.img_resolution}^2 images but {train.name} has shape "
                             f"{train.shape}; pick the matching --data")
-    test = load_dataset(data, data_path, "test", size)
+    test = dataset_for_network(nets[0], checkpoints[0], data, data_path, "test")
     return train, make_extractor(network, train, test, weights).to(dev), dev, nets
 
 

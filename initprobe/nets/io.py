@@ -182,3 +182,25 @@ def ema_copy(net: Denoiser) -> Denoiser:
     ema = copy.deepcopy(net).eval()
     ema.requires_grad_(False)
     return ema
+
+
+def dataset_for_network(net, checkpoint, name: str, path: str | None, split: str = "train"):
+    """The dataset `name` at the network's image side; UserError for another channel count, or
+    for images larger than the network's unless it was trained on this dataset (then it saw them
+    resized the same way)."""
+    from ..data import load_dataset
+    side, channels = net.cfg.img_resolution, net.cfg.in_channels
+    data = load_dataset(name, path, split)
+    if data.shape[0] != channels:
+        raise UserError(f"{name} has {data.shape[0]} channels but {checkpoint} takes "
+                        f"{channels}; pick its dataset")
+    if data.shape[-1] > side:
+        try:
+            trained_on = read_meta(checkpoint).get("data")
+        except UserError:
+            trained_on = None   # a foreign network (EDM pickle, diffusers) records no data
+        if trained_on != name:
+            raise UserError(f"{name} images are {data.shape[-1]}x{data.shape[-1]} but "
+                            f"{checkpoint} makes {side}x{side} images; use its dataset, or "
+                            f"train a teacher on {name} first (train-teacher --data {name})")
+    return data if data.shape[-1] == side else load_dataset(name, path, split, size=side)

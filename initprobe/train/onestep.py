@@ -34,12 +34,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..ablate.ops import build_init
-from ..data import load_dataset
 from ..diffusion import SIGMA_MAX, one_step, two_step
 from ..errors import UserError
 from ..measure.extractors import weights_hash
 from ..nets.diffusers_adapter import DiffusersDenoiser, describe
-from ..nets.io import ema_copy, load_network, read_meta
+from ..nets.io import dataset_for_network, ema_copy, load_network
 from ..nets.precond import Denoiser
 from ..report.images import save_grid
 from ..runio import append_jsonl, read_jsonl
@@ -213,27 +212,6 @@ def _restore(run: RunDir, gen, ema, opt, objective) -> int:
                               "opt": opt.load_state_dict, "aux": objective.load_aux_state})
 
 
-def _training_data(cfg: OneStepConfig, teacher):
-    """The training images at the teacher's side; UserError for another channel count, or for
-    images larger than the teacher's unless the teacher was trained on this dataset (then it
-    saw them resized the same way)."""
-    side = teacher.cfg.img_resolution
-    data = load_dataset(cfg.data, cfg.data_path)
-    _check(data.shape[0] == teacher.cfg.in_channels,
-           f"{cfg.data} has {data.shape[0]} channels but the teacher takes "
-           f"{teacher.cfg.in_channels}; pick the teacher's dataset")
-    if data.shape[-1] > side:
-        try:
-            teacher_data = read_meta(cfg.teacher).get("data")
-        except UserError:
-            teacher_data = None   # a foreign teacher (EDM pickle, diffusers) records no data
-        _check(teacher_data == cfg.data,
-               f"{cfg.data} images are {data.shape[-1]}x{data.shape[-1]} but the teacher makes "
-               f"{side}x{side} images; train on the teacher's dataset, or train a teacher on "
-               f"{cfg.data} first (train-teacher --data {cfg.data})")
-    return data if data.shape[-1] == side else load_dataset(cfg.data, cfg.data_path, size=side)
-
-
 def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto", progress: bool = True,
                   allow_teacher_change: bool = False) -> dict:
     """Train (or resume) a one-step generator in run directory `out`; returns the last record
@@ -245,7 +223,7 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto", progress: 
     ddp.local_batch(cfg.batch)  # batch must split evenly across ranks
     dev = pick_device(device)
     teacher = _load_teacher(cfg, dev)
-    data = _training_data(cfg, teacher)
+    data = dataset_for_network(teacher, cfg.teacher, cfg.data, cfg.data_path)
     gen, records = build_generator(cfg, teacher)
     _check(any(p.requires_grad for p in gen.parameters()),
            f"--freeze {cfg.freeze} leaves no trainable parameter; freeze fewer layers (e.g. gdd)")

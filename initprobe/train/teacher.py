@@ -68,9 +68,9 @@ def resolve_config(cfg: TeacherConfig) -> TeacherConfig:
     c, h, _ = data.shape
     levels = len(arch["channel_mult"])
     if h % 2 ** (levels - 1):
-        raise UserError(f"{h}x{h} images cannot be halved {levels - 1} times for "
-                        f"--channel-mult {arch['channel_mult']}; use fewer levels or another "
-                        f"--size")
+        raise UserError(f"image side {h} is not divisible by 2^{levels - 1} ({levels} "
+                        f"resolutions of --channel-mult {arch['channel_mult']}); pick a --size "
+                        f"that is, or fewer levels")
     resolutions = [h >> i for i in range(levels)]
     bad = [r for r in arch["attn_resolutions"] if r not in resolutions]
     if bad:

@@ -89,6 +89,19 @@ def memory_figure(tables: dict, path: Path, first_seed: int) -> Path:
     return _save_png(fig, path)
 
 
+def _fd_against(ax, tables: dict, x: pd.DataFrame, order: list[str], xlabel: str) -> None:
+    """Final fd_classifier against a per-group metric `x` (group means, sd bars)."""
+    fd = _metric(tables["quality"], "fd_classifier").groupby("group")["value"]
+    xs = x.groupby("group")["value"]
+    colors = colormaps["tab10"](np.arange(len(order)) % 10)
+    for color, g in zip(colors, order):
+        ax.errorbar(xs.mean()[g], fd.mean()[g], xerr=xs.std()[g], yerr=fd.std()[g], fmt="o",
+                    color=color, label=g, capsize=2)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("final fd_classifier")
+
+
 def cka_figure(tables: dict, path: Path, first_seed: int) -> Path:
     """Left: matched-layer CKA to the teacher before and after training per run; right: final
     fd_classifier against CKA after training (group means, sd bars)."""
@@ -102,15 +115,8 @@ def cka_figure(tables: dict, path: Path, first_seed: int) -> Path:
     ax_b.set_xlabel("")
     ax_b.tick_params(axis="x", labelrotation=40, labelsize=7)
     if "quality" in tables:
-        fd = _metric(tables["quality"], "fd_classifier").groupby("group")["value"]
-        after = d[d["metric"] == "cka_after"].groupby("group")["value"]
-        colors = colormaps["tab10"](np.arange(len(order)) % 10)
-        for color, g in zip(colors, order):
-            ax_s.errorbar(after.mean()[g], fd.mean()[g], xerr=after.std()[g], yerr=fd.std()[g],
-                          fmt="o", color=color, label=g, capsize=2)
-        ax_s.set_yscale("log")
-        ax_s.set_xlabel("CKA to the teacher after training")
-        ax_s.set_ylabel("final fd_classifier")
+        _fd_against(ax_s, tables, d[d["metric"] == "cka_after"], order,
+                    "CKA to the teacher after training")
         ax_s.legend(fontsize=6)
     return _save_png(fig, path)
 
@@ -212,15 +218,8 @@ def linear_probe_figure(tables: dict, path: Path, first_seed: int) -> Path:
         ax.set_title(name)
     ax_i.legend(fontsize=6)
     if "quality" in tables:
-        fd = _metric(tables["quality"], "fd_classifier").groupby("group")["value"]
-        init = _metric(tables["linear_probe"], "probe_acc_init").groupby("group")["value"]
-        colors = colormaps["tab10"](np.arange(len(order)) % 10)
-        for color, g in zip(colors, order):
-            ax_s.errorbar(init.mean()[g], fd.mean()[g], xerr=init.std()[g], yerr=fd.std()[g],
-                          fmt="o", color=color, label=g, capsize=2)
-        ax_s.set_yscale("log")
-        ax_s.set_xlabel("probe accuracy at init (best layer, mean over sigma)")
-        ax_s.set_ylabel("final fd_classifier")
+        _fd_against(ax_s, tables, _metric(tables["linear_probe"], "probe_acc_init"), order,
+                    "probe accuracy at init (best layer, mean over sigma)")
     return _save_png(fig, path)
 
 

@@ -14,6 +14,7 @@ UNet accepts. Every problem with the input raises `UserError` naming the file an
 import gzip
 import pickle
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,13 +62,22 @@ def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 def _npz_arrays(path: Path, split: str, fmt: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable .npz file ({e}); expected {fmt}") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"{path}: not a readable .npz file ({e or 'empty'}); expected "
+                        f"{fmt}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise UserError(f"{path}: a single .npy array, not an .npz archive; expected {fmt}")
     with z:
         keys = (f"x_{split}", f"y_{split}")
         if not all(k in z.files for k in keys):
             raise UserError(f"{path}: missing arrays {keys} (has {z.files}); expected {fmt}")
-        x, y = z[keys[0]], z[keys[1]]
+        try:
+            x, y = z[keys[0]], z[keys[1]]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise UserError(f"{path}: unreadable arrays {keys} ({e}); expected {fmt}") from None
+    if x.dtype.kind not in "uif" or y.dtype.kind not in "uif":
+        raise UserError(f"{path}: {keys[0]} is {x.dtype} and {keys[1]} is {y.dtype}, not "
+                        f"numbers; expected {fmt}")
     if len(x) != len(y):
         raise UserError(f"{path}: {keys[0]} has {len(x)} images but {keys[1]} has {len(y)} "
                         f"labels; expected {fmt}")
@@ -190,6 +200,11 @@ def load_dataset(name: str = "digits", path: str | Path | None = None, split: st
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r}; choose 'train' or 'test'")
+    if size is not None and size < 1:
+        raise UserError(f"image side {size} must be positive; pass --size N >= 1 or leave it "
+                        f"out for the dataset's own size")
+    if limit is not None and limit < 1:
+        raise UserError(f"asked for {limit} images; ask for at least 1")
     if name == "digits":
         x, y = _load_digits(split)
     else:

@@ -87,7 +87,7 @@ def write_experiments(folder: Path, study: str = STUDY) -> Path:
 def test_shipped_configs_are_valid(profile):
     prof = load_profile(EXPERIMENTS, profile, data_path="mnist.npz")
     studies = load_studies(EXPERIMENTS, prof)
-    assert [s.claim for s in studies] == [f"C{i}" for i in range(1, 11)]
+    assert [s.claim for s in studies] == [f"C{i}" for i in range(1, 12)]
     assert all(len(s.seeds) >= 3 for s in studies)
 
 
@@ -228,6 +228,15 @@ def test_correlation_rule():
     table = Measured(pd.DataFrame(rows))
     assert evaluate(rule, table).verdict == HOLDS
     assert evaluate({**rule, "sign": "positive"}, table).verdict == FAILS
+
+
+def test_a_correlation_at_exactly_the_threshold_holds():
+    rows = [{"group": g, "seed": 0, "x": math.nan, "metric": m, "value": v}
+            for g, x, y in zip("abcde", [1, 2, 3, 4, 5], [3, 4, 5, 1, 2])
+            for m, v in (("p", x), ("fd", y))]          # Spearman -0.5 (float: -0.4999...)
+    rule = {"type": "correlation", "groups": list("abcde"), "x_metric": "p", "y_metric": "fd",
+            "sign": "negative", "min_abs": 0.5}
+    assert evaluate(rule, Measured(pd.DataFrame(rows))).verdict == HOLDS
 
 
 def test_a_claim_holds_only_if_every_rule_holds():

@@ -135,3 +135,19 @@ def test_cifar10_smoke_through_a_plan_run_by_submitit_locally(tmp_path, cifar):
     assert "Teacher gate: passed" in findings and "--smoke" in findings
     res = runner.invoke(app, ["reproduce", *base, "--plan", str(plan)])
     assert "nothing pending" in res.output
+
+
+def test_cifar10_smoke_runs_the_whole_profile_on_a_cpu(tmp_path, cifar):
+    """`--smoke` runs every claim that applies to the CIFAR-10 profile (gate, runs, measurements,
+    verdicts) in one process on the CPU, with the tiny checkpoint as teacher."""
+    pkl, npz = cifar
+    register_commands()
+    res = CliRunner().invoke(app, [
+        "reproduce", "--profile", "cifar10", "--teacher", str(pkl), "--data-path", str(npz),
+        "--smoke", "--out", str(tmp_path / "runs"), "--device", "cpu",
+        "--experiments", str(EXPERIMENTS), "--figures", str(tmp_path / "fig")])
+    assert res.exit_code == 0, res.output
+    table = __import__("pandas").read_csv(tmp_path / "fig" / "findings.csv")
+    claims = set(table["claim"]) - {"gate"}
+    assert claims == {f"C{i}" for i in range(1, 11) if i != 8}
+    assert table["verdict"].notna().all()

@@ -1,7 +1,8 @@
 """The `initprobe` command line: a typer app whose commands live in one submodule per concern.
 
 Commands are thin: they parse options, call the library, and write tables/figures. A `UserError`
-from anywhere becomes a one-line `error: ...` on stderr and exit status 2, never a traceback.
+from anywhere, and a command line that does not parse (click's usage errors, which typer would
+draw as a box), become a one-line `error: ...` on stderr and exit status 2, never a traceback.
 """
 
 import importlib
@@ -12,14 +13,32 @@ import typer
 
 from ..errors import UserError
 
+# click's exceptions, wherever this typer keeps them (recent typers vendor their own click)
+_click = importlib.import_module(typer.BadParameter.__module__)
+
+
+def _fail(message: str, status: int):
+    typer.echo("error: " + " ".join(message.split()), err=True)
+    sys.exit(status)
+
 
 class _App(typer.Typer):
     def __call__(self, *args, **kwargs):
         try:
-            return super().__call__(*args, **kwargs)
+            status = super().__call__(*args, **{"standalone_mode": False, **kwargs})
         except UserError as e:
-            typer.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            _fail(str(e), 2)
+        except _click.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except _click.UsageError as e:
+            command = e.ctx.command_path if e.ctx else "initprobe"
+            _fail(f"{e.format_message()} (see {command} --help)", e.exit_code)
+        except _click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except typer.Abort:
+            _fail("aborted", 1)
+        sys.exit(status if isinstance(status, int) else 0)
 
 
 app = _App(

@@ -24,25 +24,37 @@ def run_labels(checkpoints: list[Path], labels: list[str] | None) -> list[str]:
     return names
 
 
-def dataset_images(net, data: str, data_path: str | None, split: str, n_images: int):
-    """`n_images` images of the dataset at the network's size; UserError if the channels
-    differ."""
+def dataset_for(net, data: str, data_path: str | None, split: str, n_images: int):
+    """The first `n_images` images (and labels) of the dataset at the network's size;
+    UserError if the channels differ."""
     from ..data import load_dataset
+    if n_images < 1:
+        raise UserError(f"--n-images {n_images}: give at least 1 image")
     ds = load_dataset(data, data_path, split, net.cfg.img_resolution, limit=n_images)
     if ds.shape[0] != net.cfg.in_channels:
         raise UserError(f"{data} images have {ds.shape[0]} channels but the network takes "
                         f"{net.cfg.in_channels}; pick the matching --data")
-    return ds.images
+    return ds
+
+
+def dataset_images(net, data: str, data_path: str | None, split: str, n_images: int):
+    """The images of `dataset_for`."""
+    return dataset_for(net, data, data_path, split, n_images).images
+
+
+def numbers(spec: str, kind, option: str) -> list:
+    """Comma-separated numbers of an option; UserError naming the option if malformed."""
+    try:
+        values = [kind(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"bad {option} {spec!r}; give comma-separated numbers like 2,4,6") from None
+    if not values:
+        raise UserError(f"{option} is empty; give comma-separated numbers like 2,4,6")
+    return values
 
 
 def parse_ints(spec: str | None, option: str) -> list[int] | None:
     """'1,2,2' -> [1, 2, 2]; 'none' -> []; None -> None (the preset's value)."""
     if spec is None:
         return None
-    if spec.strip().lower() == "none":
-        return []
-    try:
-        return [int(p) for p in spec.split(",")]
-    except ValueError:
-        raise UserError(f"bad {option} {spec!r}; write integers separated by commas, like "
-                        f"1,2,2") from None
+    return [] if spec.strip().lower() == "none" else numbers(spec, int, option)

@@ -7,7 +7,7 @@ import typer
 
 from ..errors import UserError
 from . import app
-from .common import DATA_HELP, DEVICE_HELP, PATH_HELP, run_labels
+from .common import DATA_HELP, DEVICE_HELP, PATH_HELP, numbers, run_labels
 
 Opt = typer.Option
 NETWORK_HELP = "feature network: classifier (trained on the data, cached) or inception (FID)"
@@ -36,35 +36,24 @@ def train_features_cmd(
                f"(cached under {cache_dir() / 'features'})")
 
 
-def _setup(data: str, data_path: str | None, network: str, weights: Path | None, device: str):
-    """(train data, extractor on the device, device)."""
-    from ..data import load_dataset
+def _setup(data: str, data_path: str | None, network: str, weights: Path | None, device: str,
+           checkpoints: list[Path]):
+    """(train data at the checkpoints' image side, extractor on the device, device, the
+    checkpoints' networks); the networks are loaded and checked against the data before the
+    extractor (maybe trained) is made."""
     from ..measure.extractors import make_extractor
+    from ..nets.io import dataset_for_network, load_network
     from ..train.loop import pick_device
     dev = pick_device(device)
-    train = load_dataset(data, data_path, "train")
-    test = load_dataset(data, data_path, "test")
-    return train, make_extractor(network, train, test, weights).to(dev), dev
-
-
-def _load(checkpoint: Path, data, dev):
-    """The checkpoint's network on `dev`; UserError if its images do not match the data."""
-    from ..nets.io import load_network
-    net = load_network(checkpoint).to(dev)
-    if (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution) != data.shape:
-        raise UserError(f"{checkpoint} makes {net.cfg.in_channels}x{net.cfg.img_resolution}^2 "
-                        f"images but {data.name} has shape {data.shape}; pick the matching --data")
-    return net
-
-
-def _numbers(spec: str, kind, option: str) -> list:
-    try:
-        values = [kind(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"bad {option} {spec!r}; give comma-separated numbers like 2,4,6") from None
-    if not values:
-        raise UserError(f"{option} is empty; give comma-separated numbers like 2,4,6")
-    return values
+    nets = [load_network(c).to(dev) for c in checkpoints]
+    train = dataset_for_network(nets[0], checkpoints[0], data, data_path)
+    for checkpoint, net in zip(checkpoints, nets):
+        if (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution) != train.shape:
+            raise UserError(f"{checkpoint} makes {net.cfg.in_channels}x"
+                            f"{net.cfg.img_resolution}^2 images but {train.name} has shape "
+                            f"{train.shape}; pick the matching --data")
+    test = dataset_for_network(nets[0], checkpoints[0], data, data_path, "test")
+    return train, make_extractor(network, train, test, weights).to(dev), dev, nets
 
 
 @app.command("quality")
@@ -99,15 +88,18 @@ def quality_cmd(
              --network inception --inception-weights pt_inception-2015-12-05-6726825d.pth
     """
     from ..measure.quality import quality_metrics, summarize_data, summarize_samples
-    from ..runio import atomic_write_text
+    from ..runio import atomic_write_text, writable_dir
     from ..schema import frame
     names = run_labels(checkpoints, label)
-    train, extractor, dev = _setup(data, data_path, network, inception_weights, device)
-    nets = {name: _load(c, train, dev) for name, c in zip(names, checkpoints)}
+    writable_dir(out)
+    refs = [] if reference == "data" else [Path(reference)]
+    train, extractor, dev, loaded = _setup(data, data_path, network, inception_weights, device,
+                                           [*checkpoints, *refs])
+    nets = dict(zip(names, loaded))
     if reference == "data":
         ref = summarize_data(extractor, train, batch=batch)
     else:
-        ref = summarize_samples(extractor, _load(Path(reference), train, dev), n,
+        ref = summarize_samples(extractor, loaded[-1], n,
                                 reference_sampler or sampler, reference_steps or steps,
                                 sigma_mid, batch)
     records = []
@@ -149,12 +141,13 @@ def relfid_cmd(
     """
     from ..measure.relfid import relfid_sweep
     from ..report.figures import relfid_figure
-    from ..runio import atomic_write_text
-    step_list = _numbers(steps, int, "--steps")
-    mids = _numbers(sigma_mid, float, "--sigma-mid")
-    train, extractor, dev = _setup(data, data_path, network, inception_weights, device)
-    df = relfid_sweep(_load(teacher, train, dev), _load(student, train, dev), train, extractor,
-                      step_list, mids, n, batch, step_sampler)
+    from ..runio import atomic_write_text, writable_dir
+    writable_dir(out)
+    step_list = numbers(steps, int, "--steps")
+    mids = numbers(sigma_mid, float, "--sigma-mid")
+    train, extractor, dev, (t_net, s_net) = _setup(data, data_path, network, inception_weights,
+                                                   device, [teacher, student])
+    df = relfid_sweep(t_net, s_net, train, extractor, step_list, mids, n, batch, step_sampler)
     df["teacher"], df["student"] = str(teacher), str(student)
     atomic_write_text(out / "relfid.csv", df.to_csv(index=False))
     png = relfid_figure(df, out / "relfid.png")

@@ -101,9 +101,9 @@ def reproduce_cmd(
 ):
     """Run the whole reproduction: train the teacher and check its quality gate (the profile's
     gate rule; a teacher below it stops the study), train every study's runs, measure, and
-    judge each claim by the verdict rules of its config at every evaluation budget; writes one
-    figure per measurement, sample grids, findings.csv and findings.md. Rerunning resumes:
-    finished runs and cached measurements are skipped, verdicts are re-evaluated.
+    judge each claim (C1-C11) by the verdict rules of its config at every evaluation budget;
+    writes one figure per measurement, sample grids, findings.csv and findings.md. Rerunning
+    resumes: finished runs and cached measurements are skipped, verdicts are re-evaluated.
 
     Example: initprobe reproduce --profile quick --out runs/reproduce --figures figures
 

@@ -118,6 +118,9 @@ def train_cmd(
     eval_n: int = typer.Option(500, help="samples per evaluation (0 disables)"),
     ckpt_every: int = typer.Option(500, help="checkpoint every N steps"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
+    allow_teacher_change: bool = typer.Option(False, help="resume although the teacher's "
+                                              "weights changed since the run started (recorded "
+                                              "in config.json as teacher_changes)"),
     channels_last: bool = typer.Option(False, help=CHANNELS_LAST_HELP),
     compile: bool = typer.Option(False, help=COMPILE_HELP),
 ):
@@ -134,7 +137,7 @@ def train_cmd(
         disc_features=disc_features, objective_options=parse_options(option),
         ema_halflife=ema_halflife, eval_every=eval_every,
         eval_at=parse_ints(eval_at, "--eval-at") or [], eval_n=eval_n, ckpt_every=ckpt_every)
-    rec = train_onestep(cfg, str(out), device=device,
+    rec = train_onestep(cfg, str(out), device=device, allow_teacher_change=allow_teacher_change,
                         speed=Speed(channels_last=channels_last, compile=compile))
     shown = {k: rec[k] for k in ("fd_classifier", "precision", "recall", "coverage") if k in rec}
     typer.echo(f"done: {out} ({rec.get('images_seen', 0)} images) "

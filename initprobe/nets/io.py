@@ -12,7 +12,9 @@ EDM `.pkl` (`edm_pickle`) or a diffusers UNet2DModel folder (`diffusers_adapter`
 """
 
 import copy
+import dataclasses
 import json
+import typing
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ from .diffusers_adapter import (
     load_diffusers_unet,
 )
 from .edm_pickle import load_edm_pickle
-from .precond import Denoiser
+from .precond import PRECONDS, Denoiser
 from .unet import UNetConfig
 
 FORMAT = "initprobe-checkpoint-v1"
@@ -82,6 +84,10 @@ def read_meta(path: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{stem.with_suffix('.json')}: not valid JSON ({e}); the checkpoint's "
                         f"config file is damaged") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{stem.with_suffix('.json')}: not an initprobe checkpoint config (a "
+                        f"JSON {type(meta).__name__}, expected an object); the checkpoint's "
+                        f"config file is damaged")
     if meta.get("format") != FORMAT:
         raise UserError(f"{stem.with_suffix('.json')}: not an initprobe checkpoint config "
                         f"(format is {meta.get('format')!r}, expected {FORMAT!r})")
@@ -97,11 +103,49 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
                         f"re-create the checkpoint") from None
 
 
-def build(meta: dict) -> Denoiser | DiffusersDenoiser:
+def _field_ok(value, kind) -> bool:
+    """Whether a JSON value fits a UNetConfig field: a positive int, a float in [0, 1) (the
+    dropout), a str, or a list of positive ints."""
+    if typing.get_origin(kind) is list:
+        return isinstance(value, list) and all(_field_ok(v, int) for v in value)
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float)) and 0 <= value < 1
+    return isinstance(value, kind) and (kind is not int or value >= 1)
+
+
+def unet_config(arch, where: str) -> UNetConfig:
+    """The UNetConfig recorded as `arch` (a checkpoint's `unet` entry); UserError naming the
+    first unknown, missing or mistyped field."""
+    if not isinstance(arch, dict):
+        raise UserError(f"{where}: 'unet' is {type(arch).__name__}, expected an object of "
+                        f"UNetConfig fields; the checkpoint's config file is damaged")
+    fields = {f.name: f for f in dataclasses.fields(UNetConfig)}
+    hints = typing.get_type_hints(UNetConfig)
+    for key, value in arch.items():
+        if key not in fields:
+            raise UserError(f"{where}: unknown architecture field unet.{key}; expected only "
+                            f"{', '.join(fields)}")
+        if not _field_ok(value, hints[key]):
+            raise UserError(f"{where}: unet.{key} is {value!r}, which is not a valid "
+                            f"{key} (like {getattr(UNetConfig(), key)!r}); the checkpoint's "
+                            f"config file is damaged")
+    return UNetConfig(**arch)
+
+
+def build(meta: dict, where: str = "checkpoint") -> Denoiser | DiffusersDenoiser:
     """A freshly initialized network with the architecture recorded in `meta`."""
     if "diffusers" in meta:
         return from_description(meta["diffusers"])
-    return Denoiser(UNetConfig(**meta["unet"]), precond=meta.get("precond", "edm"))
+    if "unet" not in meta:
+        raise UserError(f"{where}: no 'unet' architecture recorded; the checkpoint's config file "
+                        f"is damaged")
+    precond = meta.get("precond", "edm")
+    if precond not in PRECONDS:
+        raise UserError(f"{where}: unknown preconditioning {precond!r}; expected one of "
+                        f"{', '.join(PRECONDS)}")
+    return Denoiser(unet_config(meta["unet"], where), precond=precond)
 
 
 def load_network(path: str | Path, which: str = "ema",
@@ -124,7 +168,7 @@ def load_network(path: str | Path, which: str = "ema",
     if which not in ("ema", "net"):
         raise UserError(f"unknown weights {which!r}; choose 'ema' or 'net'")
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    net = build(meta)
+    net = build(meta, str(resolve(path).with_suffix(".json")))
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"{resolve(path)}: weights do not match the recorded architecture "
@@ -138,3 +182,25 @@ def ema_copy(net: Denoiser) -> Denoiser:
     ema = copy.deepcopy(net).eval()
     ema.requires_grad_(False)
     return ema
+
+
+def dataset_for_network(net, checkpoint, name: str, path: str | None, split: str = "train"):
+    """The dataset `name` at the network's image side; UserError for another channel count, or
+    for images larger than the network's unless it was trained on this dataset (then it saw them
+    resized the same way)."""
+    from ..data import load_dataset
+    side, channels = net.cfg.img_resolution, net.cfg.in_channels
+    data = load_dataset(name, path, split)
+    if data.shape[0] != channels:
+        raise UserError(f"{name} has {data.shape[0]} channels but {checkpoint} takes "
+                        f"{channels}; pick its dataset")
+    if data.shape[-1] > side:
+        try:
+            trained_on = read_meta(checkpoint).get("data")
+        except UserError:
+            trained_on = None   # a foreign network (EDM pickle, diffusers) records no data
+        if trained_on != name:
+            raise UserError(f"{name} images are {data.shape[-1]}x{data.shape[-1]} but "
+                            f"{checkpoint} makes {side}x{side} images; use its dataset, or "
+                            f"train a teacher on {name} first (train-teacher --data {name})")
+    return data if data.shape[-1] == side else load_dataset(name, path, split, size=side)

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
+
 NEAR_ZERO = 1e-5
 ATTN_QKV = math.sqrt(0.2)
 MODEL_TYPES = ("SongUNet", "DhariwalUNet")
@@ -284,10 +286,11 @@ class UNet(nn.Module):
                   "decoder_type": (cfg.decoder_type, DECODER_TYPES)}
         for key, (value, allowed) in checks.items():
             if value not in allowed:
-                raise ValueError(f"unknown {key} {value!r}; choose one of {allowed}")
+                raise UserError(f"unknown {key} {value!r}; choose one of {allowed}")
         if cfg.img_resolution % (2 ** (len(cfg.channel_mult) - 1)):
-            raise ValueError(f"img_resolution {cfg.img_resolution} is not divisible by "
-                             f"2^{len(cfg.channel_mult) - 1}")
+            raise UserError(f"image side {cfg.img_resolution} is not divisible by "
+                            f"2^{len(cfg.channel_mult) - 1} ({len(cfg.channel_mult)} "
+                            f"resolutions); pick a --size that is")
         blk = dict(emb_channels=emb_ch, dropout=cfg.dropout, resample_filter=cfg.resample_filter)
         self.map_noise = (PositionalEmbedding(noise_ch) if cfg.embedding_type == "positional"
                           else FourierEmbedding(noise_ch))

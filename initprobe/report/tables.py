@@ -39,7 +39,10 @@ def _runs(root: Path):
         try:
             cfg = json.loads(cfg_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            warnings.warn(f"{cfg_path}: damaged config, run skipped", stacklevel=3)
+            cfg = None
+        if not isinstance(cfg, dict):
+            warnings.warn(f"{cfg_path}: damaged config (not a JSON object), run skipped",
+                          stacklevel=3)
             continue
         name = cfg_path.parent.relative_to(root).as_posix()
         yield (root.name if name == "." else name), cfg_path.parent, cfg

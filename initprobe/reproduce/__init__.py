@@ -1,4 +1,4 @@
-"""Reproducing the claims C1-C10 (docs/science.md) from configs in `experiments/`.
+"""Reproducing the claims C1-C11 (docs/science.md) from configs in `experiments/`.
 
 - `config`: profiles.toml and one validated TOML file per study (runs, budget, seeds,
   measurements, verdict rules);

@@ -89,6 +89,19 @@ def memory_figure(tables: dict, path: Path, first_seed: int) -> Path:
     return _save_png(fig, path)
 
 
+def _fd_against(ax, tables: dict, x: pd.DataFrame, order: list[str], xlabel: str) -> None:
+    """Final fd_classifier against a per-group metric `x` (group means, sd bars)."""
+    fd = _metric(tables["quality"], "fd_classifier").groupby("group")["value"]
+    xs = x.groupby("group")["value"]
+    colors = colormaps["tab10"](np.arange(len(order)) % 10)
+    for color, g in zip(colors, order):
+        ax.errorbar(xs.mean()[g], fd.mean()[g], xerr=xs.std()[g], yerr=fd.std()[g], fmt="o",
+                    color=color, label=g, capsize=2)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("final fd_classifier")
+
+
 def cka_figure(tables: dict, path: Path, first_seed: int) -> Path:
     """Left: matched-layer CKA to the teacher before and after training per run; right: final
     fd_classifier against CKA after training (group means, sd bars)."""
@@ -102,15 +115,8 @@ def cka_figure(tables: dict, path: Path, first_seed: int) -> Path:
     ax_b.set_xlabel("")
     ax_b.tick_params(axis="x", labelrotation=40, labelsize=7)
     if "quality" in tables:
-        fd = _metric(tables["quality"], "fd_classifier").groupby("group")["value"]
-        after = d[d["metric"] == "cka_after"].groupby("group")["value"]
-        colors = colormaps["tab10"](np.arange(len(order)) % 10)
-        for color, g in zip(colors, order):
-            ax_s.errorbar(after.mean()[g], fd.mean()[g], xerr=after.std()[g], yerr=fd.std()[g],
-                          fmt="o", color=color, label=g, capsize=2)
-        ax_s.set_yscale("log")
-        ax_s.set_xlabel("CKA to the teacher after training")
-        ax_s.set_ylabel("final fd_classifier")
+        _fd_against(ax_s, tables, d[d["metric"] == "cka_after"], order,
+                    "CKA to the teacher after training")
         ax_s.legend(fontsize=6)
     return _save_png(fig, path)
 
@@ -184,6 +190,47 @@ def best_of_k_figure(tables: dict, path: Path, first_seed: int) -> Path:
     return _save_png(fig, path)
 
 
+def _seed_curves(detail: pd.DataFrame) -> pd.DataFrame:
+    """Best-layer accuracy curves of every (run, seed) of a linear-probe detail table."""
+    from ..measure.linear_probe import best_layer_curves
+    return pd.concat([best_layer_curves(d) for _, d in detail.groupby("seed", sort=False)],
+                     ignore_index=True)
+
+
+def linear_probe_figure(tables: dict, path: Path, first_seed: int) -> Path:
+    """Best layer's probe accuracy vs sigma at init and after training (mean and sd over
+    seeds, chance dashed); decodability at init against final fd_classifier."""
+    import seaborn as sns
+
+    from ..report.probe_figures import chance_level
+    detail = tables["linear-probe-layers"]
+    curves = _seed_curves(detail)
+    order = _group_order(tables["linear_probe"])
+    fig, (ax_i, ax_a, ax_s) = _panels(3, width=5.0)
+    for ax, at_init, name in ((ax_i, True, "at init"), (ax_a, False, "after training")):
+        d = curves[curves["run"].str.endswith("@init") == at_init]
+        sns.lineplot(d, x="sigma", y="value", hue="group", hue_order=order, errorbar="sd",
+                     marker="o", ax=ax, legend=at_init)
+        ax.axhline(chance_level(detail), color="gray", linestyle="--")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("test accuracy of the best layer")
+        ax.set_title(name)
+    ax_i.legend(fontsize=6)
+    if "quality" in tables:
+        _fd_against(ax_s, tables, _metric(tables["linear_probe"], "probe_acc_init"), order,
+                    "probe accuracy at init (best layer, mean over sigma)")
+    return _save_png(fig, path)
+
+
+def linear_probe_layers_figure(tables: dict, path: Path, first_seed: int) -> Path:
+    from ..report.probe_figures import accuracy_heatmaps
+    d = tables["linear-probe-layers"]
+    return accuracy_heatmaps(d[d["seed"] == first_seed], path, ncols=4,
+                             title=f"linear probe test accuracy per layer and sigma, at init "
+                                   f"and after training (seed {first_seed})")
+
+
 # measurement -> [(file suffix, draw, caption)]
 FIGURES = {
     "quality": [("quality", quality_figure, "learning curves (fd_classifier and coverage vs "
@@ -205,6 +252,12 @@ FIGURES = {
                  "sigma, and the samples' spectral mismatch per band")],
     "best_of_k": [("best_of_k", best_of_k_figure, "quality against K for best-of-K and "
                    "importance resampling with the ratio estimator")],
+    "linear_probe": [("linear_probe", linear_probe_figure, "linear-probe accuracy of each "
+                      "run's best layer against sigma at init and after training, and "
+                      "decodability at init against final fd_classifier"),
+                     ("linear_probe_layers", linear_probe_layers_figure, "linear-probe "
+                      "accuracy heatmaps, layers x sigma, of every run at init and after "
+                      "training (first seed)")],
 }
 
 

@@ -23,7 +23,11 @@ Measurements (main-table groups: metrics):
   one-step samples against the data spectrum);
 - `memory` (each run label: `peak_memory_mib` of a few training steps, `memory.peak_bytes`);
 - `best_of_k` (`best-of-K`, `resample-K` at x = K: quality of best-of-K and importance-resampled
-  samples scored by run `arm`'s ratio estimator).
+  samples scored by run `arm`'s ratio estimator);
+- `linear_probe` (each run label: `probe_acc_init`, `probe_acc_after`, the linear-probe test
+  accuracy of the best layer averaged over `sigmas` (`measure.linear_probe`) of the run's
+  initial and trained network on the first `n_images` training images, split and noise seeded
+  by the run's seed, and `probe_acc_kept` = after / init); detail `linear-probe-layers`.
 """
 
 import math
@@ -39,6 +43,8 @@ from ..diffusion import generate, latents
 from ..errors import UserError
 from ..measure.activations import probe_activations, probe_many
 from ..measure.frequency import denoiser_spectra, mean_spectrum
+from ..measure.linear_probe import best_layer_accuracy
+from ..measure.linear_probe import probe_many as linear_probe_many
 from ..measure.quality import quality_metrics, sample_batches, summarize, summarize_samples
 from ..measure.relfid import relfid_sweep
 from ..measure.similarity import cka_diagonal
@@ -241,6 +247,25 @@ def best_of_k(sr, opts) -> dict[str, pd.DataFrame]:
     return {"best_of_k": table(records)}
 
 
+def linear_probe(sr, opts) -> dict[str, pd.DataFrame]:
+    ws = sr.ws
+    n = int(opts["n_images"])
+    images, labels = ws.data.images[:n].to(ws.device), ws.data.labels[:n]
+    records, detail = [], []
+    for label, seed, cfg in sr.items():
+        nets = {f"{label}@init": ws.init_network(cfg), label: ws.network(sr.dir(label, seed))}
+        df = linear_probe_many(nets, images, labels, sigmas=opts["sigmas"],
+                               classifier=opts["classifier"],
+                               test_fraction=opts["test_fraction"], seed=seed)
+        acc = best_layer_accuracy(df)
+        init, after = acc[f"{label}@init"], acc[label]
+        records += rows(label, seed, {"probe_acc_init": init, "probe_acc_after": after,
+                                      "probe_acc_kept": after / init})
+        detail.append(df.assign(group=label))
+    return {"linear_probe": table(records),
+            "linear-probe-layers": pd.concat(detail, ignore_index=True)}
+
+
 def _labels(study, opts) -> set[str]:
     return set(study.runs)
 
@@ -274,4 +299,9 @@ MEASUREMENTS = {
     "memory": Measurement(memory, {"steps": 4}, ("peak_memory_mib",), _labels, False),
     "best_of_k": Measurement(best_of_k, {"arm": "", "k": [1, 2, 4, 8], "sigma": 0.05}, QUALITY,
                              lambda s, o: {"best-of-K", "resample-K"}),
+    "linear_probe": Measurement(linear_probe, {"sigmas": [0.05, 0.2, 0.5, 1.0, 2.0, 5.0],
+                                               "n_images": 1000, "classifier": "ridge",
+                                               "test_fraction": 0.5},
+                                ("probe_acc_init", "probe_acc_after", "probe_acc_kept"),
+                                _labels),
 }

@@ -290,7 +290,7 @@ def _correlation(rule, m, metric) -> Outcome:
     ys = [m.stats(g, rule["y_metric"]) for g in rule["groups"]]
     if (out := _missing(*xs, *ys)) is not None:
         return out
-    rho = _spearman([s.mean for s in xs], [s.mean for s in ys])
+    rho = round(_spearman([s.mean for s in xs], [s.mean for s in ys]), 12)  # -0.4999... is -0.5
     signed = rho * (1 if rule["sign"] == "positive" else -1)
     return Outcome(_verdict(signed >= rule.get("min_abs", 0.5), signed <= 0),
                    f"Spearman({rule['x_metric']}, {rule['y_metric']}) = {rho:.2f} over "

@@ -1,19 +1,28 @@
 """What every training loop shares: the run directory, resumption, seeding, EMA, devices.
 
 Run directory layout:
+    OUT/.lock             the writer's pid and host while a run writes (`runlock`: one writer)
     OUT/config.json       the fully resolved config (written once; a rerun must match it)
-    OUT/metrics.jsonl     one line per logged step
+    OUT/metrics.jsonl     one line per logged step (a resumed run drops the lines after its
+                          checkpoint, which it logs again)
     OUT/checkpoints/      ckpt-0000100.{safetensors,json,state.pt}; the newest complete one resumes
     OUT/samples/          PNG grids
 Determinism: every random draw of step k comes from generators seeded by (seed, k), so a run
 resumed from the checkpoint at step k continues exactly as the uninterrupted run would.
+Divergence: `check_finite` stops a run at the first step whose loss or logged metrics are not
+finite, before that step is logged or checkpointed, and `RunDir.save` refuses non-finite
+weights, so every checkpoint is finite.
 Under torchrun, each step draws the *global* batch and every rank takes its slice, so N processes
 with batch B/N compute the same update as one process with batch B.
 """
 
 import hashlib
 import json
+import math
 import os
+import pickle
+import sys
+import zipfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -22,7 +31,8 @@ import torch.distributed as dist
 
 from ..errors import UserError
 from ..nets.io import latest_checkpoint, save_checkpoint
-from ..runio import atomic_save, atomic_write_json
+from ..runio import atomic_save, atomic_write_json, remove_orphans, truncate_jsonl
+from ..runlock import RunLock
 
 KEEP_CHECKPOINTS = 2
 
@@ -98,25 +108,77 @@ def to_plain(cfg) -> dict:
     return json.loads(json.dumps(asdict(cfg) if is_dataclass(cfg) else cfg, default=str))
 
 
-class RunDir:
-    """A run directory: fixes the config on first use and refuses a rerun with a different one."""
+def diverged(step: int, what: str, run: "RunDir") -> UserError:
+    """The one-line error that stops a diverged run: the step, what is not finite, and the
+    newest checkpoint (finite: `RunDir.save` writes only finite weights)."""
+    last = run.latest()
+    kept = f"the last checkpoint, {last.name}, is finite" if last else "no checkpoint was written"
+    return UserError(f"training diverged at step {step}: {what} ({kept}); lower --lr and train "
+                     f"into a new --out")
 
-    def __init__(self, out: str | Path, config: dict, resume_ignore: tuple[str, ...] = ()):
+
+def check_finite(step: int, metrics: dict, run: "RunDir"):
+    """UserError naming the step and the first non-finite metric. Called every step; the
+    weights are checked before each checkpoint instead (`RunDir.save`): checking them every
+    step cost 6% of a tiny-net and 1.3% of a small-net training step on the 2-core CPU."""
+    bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
+    if bad is not None:
+        raise diverged(step, f"{bad} is {metrics[bad]}", run)
+
+
+def _finite(*modules: torch.nn.Module) -> bool:
+    return bool(torch.stack([torch.isfinite(p.detach()).all()
+                             for m in modules for p in m.parameters()]).all())
+
+
+class RunDir:
+    """A run directory: one writer at a time (`lock`: the main process), fixes the config on
+    first use and refuses a rerun with a different one; use it as a context manager, which
+    releases the lock. The writer removes the temporary files of a killed predecessor."""
+
+    def __init__(self, out: str | Path, config: dict, resume_ignore: tuple[str, ...] = (),
+                 lock: bool = True):
         self.path = Path(out)
         self.config = config
+        self.lock = RunLock(self.path).acquire() if lock else None
+        try:
+            self.previous = self._check_config(resume_ignore)
+        except BaseException:
+            self.close()
+            raise
+        if self.lock:
+            for p in remove_orphans(self.path):
+                print(f"note: removed {p}, left by an interrupted write", file=sys.stderr)
+
+    def _check_config(self, resume_ignore: tuple[str, ...]) -> dict | None:
+        """The config of the run found here (None for a new run); UserError if it differs."""
         cfg_path = self.path / "config.json"
-        if cfg_path.exists():
-            try:
-                old = json.loads(cfg_path.read_text())
-            except json.JSONDecodeError:
-                raise UserError(f"{cfg_path}: damaged config; remove the run directory or pick "
-                                f"another --out") from None
-            diff = sorted(k for k in set(old) | set(config)
-                          if k not in resume_ignore and old.get(k) != config.get(k))
-            if diff:
-                shown = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:4])
-                raise UserError(f"{self.path} holds a run with a different config ({shown}); "
-                                f"use another --out, or rerun with the same options to resume")
+        if not cfg_path.exists():
+            return None
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict):
+            raise UserError(f"{cfg_path}: damaged config (not a JSON object); remove the run "
+                            f"directory or pick another --out")
+        diff = sorted(k for k in set(old) | set(self.config)
+                      if k not in resume_ignore and old.get(k) != self.config.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {self.config.get(k)!r}" for k in diff[:4])
+            raise UserError(f"{self.path} holds a run with a different config ({shown}); "
+                            f"use another --out, or rerun with the same options to resume")
+        return old
+
+    def close(self):
+        if self.lock:
+            self.lock.release()
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     @property
     def metrics(self) -> Path:
@@ -130,11 +192,23 @@ class RunDir:
         if not (self.path / "config.json").exists():
             atomic_write_json(self.path / "config.json", self.config)
 
+    def update_config(self, **changes):
+        """Rewrite config.json with `changes` (a resume that records what changed)."""
+        self.previous = {**(self.previous or self.config), **changes}
+        atomic_write_json(self.path / "config.json", self.previous)
+
+    def resume_metrics(self, step: int):
+        """Drop the metrics lines after the checkpoint at `step` (all of them at step 0)."""
+        truncate_jsonl(self.metrics, step if step > 0 else None)
+
     def latest(self) -> Path | None:
         return latest_checkpoint(self.path) if (self.path / "checkpoints").exists() else None
 
     def save(self, step: int, net, ema, state: dict, **meta) -> Path:
-        """Write checkpoint `step` (weights, then loop state), then prune old ones."""
+        """Write checkpoint `step` (weights, then loop state), then prune old ones; a diverged
+        UserError instead if the weights are not finite, so every checkpoint is."""
+        if not _finite(net, ema):
+            raise diverged(step, "the weights are not finite", self)
         stem = self.path / "checkpoints" / f"ckpt-{step:07d}"
         atomic_save(stem.with_suffix(".state.pt"), lambda tmp: torch.save(state, tmp))
         save_checkpoint(stem, net, ema, step=step, **meta)
@@ -144,10 +218,40 @@ class RunDir:
                 old.with_suffix(suffix).unlink(missing_ok=True)
         return stem
 
-    def load_state(self, stem: Path) -> dict:
+    def load_state(self, stem: Path, keys: tuple[str, ...]) -> dict:
+        """The loop state of checkpoint `stem`: tensors and plain containers only (never code);
+        UserError if it is unreadable or lacks one of `keys`."""
         p = stem.with_suffix(".state.pt")
         try:
-            return torch.load(p, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as e:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise UserError(f"{p}: refused, it holds objects other than tensors and plain "
+                            f"containers; delete that checkpoint to resume from an older "
+                            f"one") from None
+        except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
             raise UserError(f"{p}: unreadable training state ({e}); delete that checkpoint to "
                             f"resume from an older one") from None
+        missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise UserError(f"{p}: not a training state (missing {', '.join(missing)}); delete "
+                            f"that checkpoint to resume from an older one")
+        return state
+
+    def restore(self, stem: Path, loaders: dict) -> int:
+        """Load checkpoint `stem`'s loop state: `loaders[key](state[key])` for every key (a
+        module's or optimizer's `load_state_dict`); returns its step. UserError if a part does
+        not fit this run."""
+        state = self.load_state(stem, (*loaders, "step"))
+        p = stem.with_suffix(".state.pt")
+        for key, load in loaders.items():
+            try:
+                load(state[key])
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+                raise UserError(f"{p}: its {key} state does not fit this run "
+                                f"({' '.join(str(e).split())[:160]}); delete that checkpoint to "
+                                f"resume from an older one") from None
+        if isinstance(state["step"], bool) or not isinstance(state["step"], int) or \
+                state["step"] < 0:
+            raise UserError(f"{p}: step {state['step']!r} is not a step count; delete that "
+                            f"checkpoint to resume from an older one")
+        return state["step"]

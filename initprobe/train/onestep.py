@@ -26,7 +26,7 @@ process with batch B. On CUDA the forward
 passes run under bf16 autocast.
 """
 
-import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -34,18 +34,25 @@ import torch
 from tqdm.auto import tqdm
 
 from ..ablate.ops import build_init
-from ..data import load_dataset
-from ..diffusion import SIGMA_MAX, latents, one_step, two_step
+from ..diffusion import SIGMA_MAX, one_step, two_step
 from ..errors import UserError
-from ..measure.extractors import Extractor, weights_hash
-from ..measure.features import load_or_train
-from ..measure.quality import quality_metrics, summarize, summarize_data
+from ..measure.extractors import weights_hash
 from ..nets.diffusers_adapter import DiffusersDenoiser, describe
-from ..nets.io import ema_copy, load_network
+from ..nets.io import dataset_for_network, ema_copy, load_network
 from ..nets.precond import Denoiser
 from ..report.images import save_grid
 from ..runio import append_jsonl, read_jsonl
-from .loop import Dist, RunDir, pick_device, step_generator, to_plain, update_ema
+from .evaluation import Evaluator, NonFiniteSamples, autocast, evaluates, samples
+from .loop import (
+    Dist,
+    RunDir,
+    check_finite,
+    diverged,
+    pick_device,
+    step_generator,
+    to_plain,
+    update_ema,
+)
 from .objectives import objective_class
 from .speed import Speed, apply_speed
 
@@ -127,6 +134,11 @@ def resolve_config(cfg: OneStepConfig) -> OneStepConfig:
            f"--eval-n {cfg.eval_n} is too small for the k-NN metrics; use 0 (off) or >= 10")
     if cfg.lr_aux is None:
         cfg.lr_aux = LR_AUX_BY_OBJECTIVE.get(cfg.objective, LR_AUX)
+    for name in ("lr", "lr_aux", "sigma_cond", "sigma_mid", "disc_sigma", "r1_gamma",
+                 "ema_halflife"):
+        value = getattr(cfg, name)
+        _check(value is None or math.isfinite(value),
+               f"--{name.replace('_', '-')} must be a finite number, got {value}")
     _check(cfg.lr > 0 and cfg.lr_aux > 0, "learning rates must be positive")
     _check(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas),
            f"betas {cfg.betas} must be two numbers in [0, 1)")
@@ -183,51 +195,6 @@ def generator_map(cfg: OneStepConfig):
     return lambda net, z: two_step(net, z, cfg.sigma_mid, cfg.sigma_cond)
 
 
-def _autocast(dev: torch.device):
-    if dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def _sample_batches(sample, net, seeds, shape, dev, batch: int = 256):
-    """Generated images for `seeds`, one CPU batch at a time (image i depends on seed i only)."""
-    seeds = list(seeds)
-    for start in range(0, len(seeds), batch):
-        z = latents(seeds[start:start + batch], shape, dev)
-        with _autocast(dev):
-            yield sample(net, z).float().cpu()
-
-
-def _samples(sample, net, seeds, shape, dev) -> torch.Tensor:
-    return torch.cat(list(_sample_batches(sample, net, seeds, shape, dev)))
-
-
-class _Evaluator:
-    """Sample quality of the EMA generator on fixed seeds against the training images, on the
-    cached domain classifier trained for `eval_classifier_steps`."""
-
-    def __init__(self, cfg: OneStepConfig, train, dev):
-        test = load_dataset(cfg.data, cfg.data_path, "test", size=train.shape[-1])
-        fnet, meta = load_or_train(train, test, steps=cfg.eval_classifier_steps, progress=False)
-        self.extractor = Extractor("classifier", fnet.body, weights_hash(fnet), fnet.head,
-                                   meta["num_classes"]).to(dev)
-        self.reference = summarize_data(self.extractor, train)
-        self.cfg, self.shape, self.dev = cfg, train.shape, dev
-
-    def __call__(self, sample, ema) -> dict:
-        batches = _sample_batches(sample, ema, range(self.cfg.eval_n), self.shape, self.dev)
-        return quality_metrics(summarize(self.extractor, batches), self.reference, self.extractor)
-
-
-def _evaluates(cfg: OneStepConfig, step: int, total: int) -> bool:
-    """Whether step `step` ends with an evaluation: the last step, every `eval_every` images and
-    the first step at or past each of `eval_at`."""
-    before, now = (step - 1) * cfg.batch, step * cfg.batch
-    return (step == total or any(before < b <= now for b in cfg.eval_at)
-            or (cfg.eval_every > 0 and now // cfg.eval_every > before // cfg.eval_every))
-
-
 def _ema_halflife(cfg: OneStepConfig, images_seen: int) -> float:
     return EMA_RAMPUP * images_seen if cfg.ema_halflife is None else cfg.ema_halflife
 
@@ -242,32 +209,55 @@ def _restore(run: RunDir, gen, ema, opt, objective) -> int:
     """Load the newest checkpoint's state, if any; returns the step to continue from."""
     if (stem := run.latest()) is None:
         return 0
-    state = run.load_state(stem)
-    gen.load_state_dict(state["net"])
-    ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["opt"])
-    objective.load_aux_state(state["aux"])
-    return state["step"]
+    return run.restore(stem, {"net": gen.load_state_dict, "ema": ema.load_state_dict,
+                              "opt": opt.load_state_dict, "aux": objective.load_aux_state})
 
 
-def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
-                  progress: bool = True, speed: Speed = Speed()) -> dict:
+def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto", progress: bool = True,
+                  allow_teacher_change: bool = False, speed: Speed = Speed()) -> dict:
     """Train (or resume) a one-step generator in run directory `out`; returns the last record
-    (the final evaluation when there is one). `speed`: GPU switches (`speed.py`), not part of
-    the run's config."""
+    (the final evaluation when there is one). config.json records the teacher's weights hash;
+    resuming against a teacher whose weights changed is refused unless `allow_teacher_change`,
+    which records the change (`teacher_changes`: step, old and new hash). `speed`: GPU
+    switches (`speed.py`), not part of the run's config."""
     cfg = resolve_config(cfg)
     ddp = Dist()
     ddp.local_batch(cfg.batch)  # batch must split evenly across ranks
     dev = pick_device(device)
     teacher = _load_teacher(cfg, dev)
-    data = load_dataset(cfg.data, cfg.data_path, size=teacher.cfg.img_resolution)
-    _check(data.shape[0] == teacher.cfg.in_channels,
-           f"{cfg.data} has {data.shape[0]} channels but the teacher takes "
-           f"{teacher.cfg.in_channels}; pick the teacher's dataset")
+    data = dataset_for_network(teacher, cfg.teacher, cfg.data, cfg.data_path)
     gen, records = build_generator(cfg, teacher)
+    _check(any(p.requires_grad for p in gen.parameters()),
+           f"--freeze {cfg.freeze} leaves no trainable parameter; freeze fewer layers (e.g. gdd)")
     frozen = next((r["fraction"] for r in records if r["op"] == "freeze"), 0.0)
-    run = RunDir(out, {"kind": "student", **to_plain(cfg), "init_records": records,
-                       "frozen_fraction": frozen}, resume_ignore=("images",))
+    config = {"kind": "student", **to_plain(cfg), "init_records": records,
+              "frozen_fraction": frozen, "teacher_hash": weights_hash(teacher)}
+    with RunDir(out, config, resume_ignore=("images", "teacher_hash", "teacher_changes"),
+                lock=ddp.main) as run:
+        return _train(cfg, run, ddp, dev, teacher, data, gen, records, progress,
+                      allow_teacher_change, speed)
+
+
+def _teacher_check(run: RunDir, step: int, allow_change: bool) -> dict | None:
+    """The config.json changes that record the teacher of a resumed run (None: unchanged);
+    UserError when its weights changed and that is not allowed."""
+    new = run.config["teacher_hash"]
+    if run.previous is None or run.previous.get("teacher_hash") == new:
+        return None
+    old = run.previous.get("teacher_hash")
+    if old is None:   # a run from before teachers were hashed: record the hash from now on
+        return {"teacher_hash": new}
+    _check(allow_change, f"the teacher {run.config['teacher']} changed since {run.path} was "
+                         f"trained from it (weights hash {old} -> {new}); restore that teacher, "
+                         f"use another --out, or pass --allow-teacher-change to continue and "
+                         f"record the change")
+    changes = run.previous.get("teacher_changes", []) + [{"step": step, "from": old, "to": new}]
+    return {"teacher_hash": new, "teacher_changes": changes}
+
+
+def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teacher, data, gen,
+           records: list[dict], progress: bool, allow_teacher_change: bool,
+           speed: Speed) -> dict:
     images = data.images.to(dev)
     torch.manual_seed(cfg.seed)
     objective = objective_class(cfg.objective)(teacher, cfg, data.shape, dev)
@@ -276,12 +266,16 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
                            betas=cfg.betas)
     step = _restore(run, gen, ema, opt, objective)
     apply_speed(speed, dev, gen, teacher)
-    evaluate = _Evaluator(cfg, data, dev) if ddp.main and cfg.eval_n else None
+    teacher_changes = _teacher_check(run, step, allow_teacher_change)
+    evaluate = Evaluator(cfg, data, dev) if ddp.main and cfg.eval_n else None
     sample = generator_map(cfg)
     if ddp.main:
         run.write_config()
+        if teacher_changes:
+            run.update_config(**teacher_changes)
+        run.resume_metrics(step)
         if step == 0:
-            save_grid(_samples(sample, ema, range(GRID), data.shape, dev), run.samples / "init.png")
+            save_grid(samples(sample, ema, range(GRID), data.shape, dev), run.samples / "init.png")
     model = torch.nn.parallel.DistributedDataParallel(gen) if ddp.on else gen
     total = -(-cfg.images // cfg.batch)
     meta = dict(kind="student", objective=cfg.objective, init=records, data=cfg.data,
@@ -289,8 +283,11 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
                 sigma_mid=cfg.sigma_mid)
 
     def log_eval(step: int) -> dict:
-        rec = {"kind": "eval", "step": step, "images_seen": step * cfg.batch,
-               **evaluate(sample, ema)}
+        try:
+            metrics = evaluate(sample, ema)
+        except NonFiniteSamples:
+            raise diverged(step, "the EMA generator's samples are not finite", run) from None
+        rec = {"kind": "eval", "step": step, "images_seen": step * cfg.batch, **metrics}
         append_jsonl(run.metrics, rec)
         return rec
 
@@ -304,7 +301,7 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
         z = ddp.shard(torch.randn(cfg.batch, *data.shape, generator=g)).to(dev)
         real = images[idx.to(dev)]
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)) + ddp.rank)  # dropout
-        with _autocast(dev):
+        with autocast(dev):
             with torch.no_grad():
                 fake = sample(model, z)
             logs = objective.aux_step(fake, real, step_generator(cfg.seed, step, 1), step)
@@ -318,6 +315,7 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
         update_ema(ema, gen, cfg.batch, _ema_halflife(cfg, step * cfg.batch))
         bar.update(1)
         logs.update(gen_logs)
+        check_finite(step, logs, run)
         if step % cfg.log_every == 0 or step == total:
             rate = (step - step0) * cfg.batch / max(time.perf_counter() - t0, 1e-9)
             record = {"kind": "train", "step": step, "images_seen": step * cfg.batch,
@@ -326,7 +324,7 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
                              "img_s": f"{rate:.0f}"})
             if ddp.main:
                 append_jsonl(run.metrics, record)
-        if evaluate and _evaluates(cfg, step, total):
+        if evaluate and evaluates(cfg, step, total):
             record = log_eval(step)
         if ddp.main and (step % cfg.ckpt_every == 0 or step == total):
             run.save(step, gen, ema, _state(step, gen, ema, opt, objective),
@@ -334,5 +332,5 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto",
         ddp.barrier()
     bar.close()
     if ddp.main:
-        save_grid(_samples(sample, ema, range(GRID), data.shape, dev), run.samples / "final.png")
+        save_grid(samples(sample, ema, range(GRID), data.shape, dev), run.samples / "final.png")
     return record or (read_jsonl(run.metrics) or [{}])[-1]

@@ -1,5 +1,6 @@
 """Teacher training: an EDM denoiser trained with the EDM loss (log-normal sigma), Adam, EMA."""
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ from ..nets.precond import Denoiser
 from ..nets.unet import PRESETS, UNetConfig
 from ..report.images import save_grid
 from ..runio import append_jsonl
-from .loop import Dist, RunDir, pick_device, step_generator, to_plain, update_ema
+from .loop import Dist, RunDir, check_finite, pick_device, step_generator, to_plain, update_ema
 
 
 @dataclass
@@ -44,10 +45,13 @@ def resolve_config(cfg: TeacherConfig) -> TeacherConfig:
     from ..errors import UserError
     if cfg.preset not in PRESETS:
         raise UserError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
-    for name in ("images", "batch", "ckpt_every", "log_every"):
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, "
-                            f"got {getattr(cfg, name)}")
+    for name in ("images", "batch", "ckpt_every", "log_every", "lr", "ema_halflife"):
+        value = getattr(cfg, name)
+        zero_ok = name == "ema_halflife"   # a half-life of 0 disables the EMA
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number "
+                            f"{'>= 0' if zero_ok else '> 0'}, got {value!r}")
     arch = dict(PRESETS[cfg.preset])
     if cfg.model_channels is not None:
         if cfg.model_channels <= 0:
@@ -64,9 +68,9 @@ def resolve_config(cfg: TeacherConfig) -> TeacherConfig:
     c, h, _ = data.shape
     levels = len(arch["channel_mult"])
     if h % 2 ** (levels - 1):
-        raise UserError(f"{h}x{h} images cannot be halved {levels - 1} times for "
-                        f"--channel-mult {arch['channel_mult']}; use fewer levels or another "
-                        f"--size")
+        raise UserError(f"image side {h} is not divisible by 2^{levels - 1} ({levels} "
+                        f"resolutions of --channel-mult {arch['channel_mult']}); pick a --size "
+                        f"that is, or fewer levels")
     resolutions = [h >> i for i in range(levels)]
     bad = [r for r in arch["attn_resolutions"] if r not in resolutions]
     if bad:
@@ -82,7 +86,13 @@ def train_teacher(cfg: TeacherConfig, out: str, device: str = "auto",
     cfg = resolve_config(cfg)
     ddp = Dist()
     dev = pick_device(device)
-    run = RunDir(out, {"kind": "teacher", **to_plain(cfg)}, resume_ignore=("images",))
+    with RunDir(out, {"kind": "teacher", **to_plain(cfg)}, resume_ignore=("images",),
+                lock=ddp.main) as run:
+        return _train(cfg, run, ddp, dev, progress)
+
+
+def _train(cfg: TeacherConfig, run: RunDir, ddp: Dist, dev: torch.device,
+           progress: bool) -> dict:
     data = load_dataset(cfg.data, cfg.data_path, size=cfg.size)
     images = data.images.to(dev)
 
@@ -92,13 +102,11 @@ def train_teacher(cfg: TeacherConfig, out: str, device: str = "auto",
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     step = 0
     if (stem := run.latest()) is not None:
-        state = run.load_state(stem)
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
+        step = run.restore(stem, {"net": net.load_state_dict, "ema": ema.load_state_dict,
+                                  "opt": opt.load_state_dict})
     if ddp.main:
         run.write_config()
+        run.resume_metrics(step)
     model = torch.nn.parallel.DistributedDataParallel(net) if ddp.on else net
     ddp.local_batch(cfg.batch)  # refuses a batch that does not split over the processes
     total_steps = -(-cfg.images // cfg.batch)
@@ -121,6 +129,7 @@ def train_teacher(cfg: TeacherConfig, out: str, device: str = "auto",
         opt.step()
         update_ema(ema, net, cfg.batch, cfg.ema_halflife)
         step += 1
+        check_finite(step, {"loss": float(loss.detach())}, run)
         bar.update(1)
         if step % cfg.log_every == 0 or step == total_steps:
             seen = step * cfg.batch

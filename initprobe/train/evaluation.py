@@ -1,0 +1,73 @@
+"""Evaluation during one-step training: sampling the generator's map on fixed seeds, the sample
+quality of the EMA generator against the training images, and when to evaluate.
+
+`cfg` is the trainer's `OneStepConfig` (`data`, `data_path`, `eval_classifier_steps`, `eval_n`,
+`eval_every`, `eval_at`, `batch`).
+"""
+
+import contextlib
+
+import torch
+
+from ..data import load_dataset
+from ..diffusion import latents
+from ..measure.extractors import Extractor, weights_hash
+from ..measure.features import load_or_train
+from ..measure.quality import quality_metrics, summarize, summarize_data
+
+
+def autocast(dev: torch.device):
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def sample_batches(sample, net, seeds, shape, dev, batch: int = 256):
+    """Generated images for `seeds`, one CPU batch at a time (image i depends on seed i only)."""
+    seeds = list(seeds)
+    for start in range(0, len(seeds), batch):
+        z = latents(seeds[start:start + batch], shape, dev)
+        with autocast(dev):
+            yield sample(net, z).float().cpu()
+
+
+def samples(sample, net, seeds, shape, dev) -> torch.Tensor:
+    return torch.cat(list(sample_batches(sample, net, seeds, shape, dev)))
+
+
+class Evaluator:
+    """Sample quality of the EMA generator on fixed seeds against the training images, on the
+    cached domain classifier trained for `eval_classifier_steps`."""
+
+    def __init__(self, cfg, train, dev):
+        test = load_dataset(cfg.data, cfg.data_path, "test", size=train.shape[-1])
+        fnet, meta = load_or_train(train, test, steps=cfg.eval_classifier_steps, progress=False)
+        self.extractor = Extractor("classifier", fnet.body, weights_hash(fnet), fnet.head,
+                                   meta["num_classes"]).to(dev)
+        self.reference = summarize_data(self.extractor, train)
+        self.cfg, self.shape, self.dev = cfg, train.shape, dev
+
+    def __call__(self, sample, ema) -> dict:
+        """The metrics; `NonFiniteSamples` if a sample is not finite (finite weights can still
+        overflow), which would break the Frechet distance's eigendecomposition."""
+        def finite(batches):
+            for x in batches:
+                if not bool(torch.isfinite(x).all()):
+                    raise NonFiniteSamples
+                yield x
+        batches = sample_batches(sample, ema, range(self.cfg.eval_n), self.shape, self.dev)
+        return quality_metrics(summarize(self.extractor, finite(batches)), self.reference,
+                               self.extractor)
+
+
+class NonFiniteSamples(Exception):
+    """A generated sample is not finite."""
+
+
+def evaluates(cfg, step: int, total: int) -> bool:
+    """Whether step `step` ends with an evaluation: the last step, every `eval_every` images and
+    the first step at or past each of `eval_at`."""
+    before, now = (step - 1) * cfg.batch, step * cfg.batch
+    return (step == total or any(before < b <= now for b in cfg.eval_at)
+            or (cfg.eval_every > 0 and now // cfg.eval_every > before // cfg.eval_every))

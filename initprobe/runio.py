@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
@@ -23,19 +24,27 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+@contextmanager
+def write_errors(path: Path, not_folder: str, fix: str):
+    """Writing at `path` inside this block: an OSError becomes a one-line UserError naming
+    `path`, `not_folder` when a file stands where a folder is needed, otherwise the system's
+    reason followed by `fix`."""
+    try:
+        yield
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{path}: {not_folder}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot write there ({e.strerror}); {fix}") from None
+
+
 def _temp_for(path: Path) -> tuple[int, str]:
     """An open temporary file beside `path`, with the mode a plain `open` would create."""
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file path to write to")
-    try:
+    with write_errors(path, "a parent of it is a file, not a folder; give another path",
+                      "give a writable location"):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"{path}: a parent of it is a file, not a folder; give another "
-                        f"path") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot write there ({e.strerror}); give a writable "
-                        f"location") from None
     os.fchmod(fd, 0o666 & ~_UMASK)
     return fd, tmp
 

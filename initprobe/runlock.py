@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .runio import write_errors
 
 LOCK_NAME = ".lock"
 
@@ -40,7 +41,8 @@ class RunLock:
         self.created = False
 
     def acquire(self) -> "RunLock":
-        try:
+        with write_errors(self.dir, "exists and is not a folder; give --out a new or run "
+                          "directory path", "give --out a writable location"):
             self.created = not self.dir.exists()
             self.dir.mkdir(parents=True, exist_ok=True)
             while True:
@@ -55,12 +57,6 @@ class RunLock:
                 if self._same_file(fd):
                     break
                 os.close(fd)   # the holder we waited out removed this file: lock the new one
-        except (FileExistsError, NotADirectoryError):
-            raise UserError(f"{self.dir}: exists and is not a folder; give --out a new or run "
-                            f"directory path") from None
-        except OSError as e:
-            raise UserError(f"{self.dir}: cannot write there ({e.strerror}); give --out a "
-                            f"writable location") from None
         previous = os.pread(fd, 4096, 0).decode(errors="replace")
         if previous.strip():
             print(f"note: {self.dir}: taking over the lock left by {_holder(previous)}, which "

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.distance import pdist
 
 from initprobe.errors import UserError
 from initprobe.measure.cka import MinibatchCKA, cka, gram, hsic
@@ -74,11 +75,12 @@ def test_matches_direct_numpy_formulas(unbiased):
     assert cka(x, y, unbiased=unbiased) == pytest.approx(expected, rel=1e-10)
 
 
-def test_rbf_gram_uses_median_heuristic():
-    x = randn(9, 3, seed=10)
+@pytest.mark.parametrize("n", [9, 10])     # 36 pairs (even: two middle values) and 45
+def test_rbf_gram_uses_median_heuristic(n):
+    x = randn(n, 3, seed=10).double()
     d2 = torch.cdist(x, x) ** 2
-    sigma_sq = 2.0 ** 2 * d2[~torch.eye(9, dtype=torch.bool)].median()
-    torch.testing.assert_close(gram(x, "rbf", rbf_factor=2.0), torch.exp(-d2 / (2 * sigma_sq)))
+    sigma = 2.0 * np.median(pdist(x.numpy()))
+    torch.testing.assert_close(gram(x, "rbf", rbf_factor=2.0), torch.exp(-d2 / (2 * sigma ** 2)))
 
 
 def layers(x):

@@ -35,9 +35,21 @@ def gram(x: torch.Tensor, kernel: str = "linear", rbf_factor: float = 1.0) -> to
         return dots
     sq_norms = dots.diagonal()
     sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2 * dots).clamp_min(0)
-    off_diag = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    sigma_sq = rbf_factor ** 2 * sq_dist[off_diag].median()
+    sigma_sq = (rbf_factor * _median(_pair_values(sq_dist).sqrt())) ** 2
     return torch.exp(-sq_dist / (2 * sigma_sq))
+
+
+def _pair_values(k: torch.Tensor) -> torch.Tensor:
+    """The entries above the diagonal of [n, n] `k`: one per pair of distinct examples."""
+    i, j = torch.triu_indices(k.shape[0], k.shape[0], 1, device=k.device)
+    return k[i, j]
+
+
+def _median(v: torch.Tensor) -> torch.Tensor:
+    """The median of a 1-d tensor, the mean of the two middle values when their count is even
+    (torch's `median` takes the lower one)."""
+    s = v.sort().values
+    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
 
 
 def center(k: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,10 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     ||mu1 - mu2||^2 + tr(cov1) + tr(cov2) - 2 tr((cov1 cov2)^(1/2)). The last trace equals
     tr((s cov2 s)^(1/2)) with s = cov1^(1/2); s cov2 s is symmetric PSD, so the trace is the sum
     of square roots of its eigenvalues (clipped at 0), computed with a symmetric
-    eigendecomposition instead of a general, unstable matrix square root.
+    eigendecomposition instead of a general, unstable matrix square root. For two nearly equal
+    distributions the result can come out slightly below zero (float rounding of the traces,
+    about 1e-12 of their size); it is returned as computed, not clipped, so a negative value
+    near zero reads as "equal to rounding".
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)

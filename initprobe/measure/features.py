@@ -44,9 +44,6 @@ class FeatureNet(nn.Module):
             nn.Linear(512, FEATURE_DIM), nn.SiLU())
         self.head = nn.Linear(FEATURE_DIM, num_classes)
 
-    def features(self, x):
-        return self.body(x)
-
     def forward(self, x):
         return self.head(self.body(x))
 

@@ -131,10 +131,6 @@ def lowest_res(net: nn.Module) -> int:
     return cfg.img_resolution >> (len(cfg.channel_mult) - 1)
 
 
-def layer_ids(net: nn.Module) -> list[LayerId]:
-    return [parse(name, type(m).__name__) for name, m in named_layers(net).items()]
-
-
 def layer_table(net: nn.Module) -> pd.DataFrame:
     """One row per layer: id, coordinates, groups, parameter count and weight shape."""
     low = lowest_res(net)

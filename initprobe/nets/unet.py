@@ -21,10 +21,9 @@ Initialization (the single place it is decided; re-init ablations restore exactl
   block starts close to its skip path and the network output starts close to zero;
 - `init_weight = sqrt(0.2)` for attention `qkv`;
 - `init_weight = 1` everywhere else;
-- GroupNorm: weight one, bias zero.
-- `map_label`: Xavier-uniform like the other Linear layers.
-These are EDM's choices for SongUNet. `initialize_weights` applies them to any subset of modules
-(each layer keeps its own init recipe: ADM's differ, see `initprobe.nets.adm`).
+- GroupNorm: weight one, bias zero; `map_label`: Xavier-uniform like the other Linear layers.
+These are EDM's choices for SongUNet. `initialize_weights` applies them to any subset of modules;
+each layer keeps its own init recipe (ADM's differ, see `initprobe.nets.adm`).
 """
 
 import math

@@ -7,6 +7,7 @@ import pandas as pd
 import typer
 
 from ..errors import UserError
+from ..train.teacher import DEFAULT_LABEL_DROPOUT
 from . import app
 from .common import DATA_HELP, PATH_HELP, parse_ints
 
@@ -44,6 +45,11 @@ def train_teacher_cmd(
     ema_halflife: float = typer.Option(20_000, help="EMA half-life in images"),
     seed: int = typer.Option(0, help="random seed (runs are deterministic on CPU)"),
     ckpt_every: int = typer.Option(1000, help="checkpoint every N steps"),
+    labels: bool = typer.Option(False, "--labels", help="class-conditional: one class "
+                                "embedding input per class of the data, fed each image's label"),
+    label_dropout: float = typer.Option(DEFAULT_LABEL_DROPOUT, help="with --labels: probability "
+                                        "that a training image is shown without its label "
+                                        "(classifier-free guidance; EDM itself uses 0)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
 ):
     """Train an EDM teacher (EDM loss, log-normal sigma, Adam, EMA); resumable.
@@ -54,6 +60,8 @@ def train_teacher_cmd(
              --size 16 --preset small --images 200000 --out runs/teacher-mnist16
 
     Wider:   ... --preset small --model-channels 32 --channel-mult 1,2 --attn-res none
+
+    Class-conditional: initprobe train-teacher --data digits --labels --out runs/teacher-cond
     """
     from ..train.teacher import TeacherConfig, train_teacher
     cfg = TeacherConfig(data=data, data_path=data_path, size=size, preset=preset,
@@ -61,7 +69,7 @@ def train_teacher_cmd(
                         channel_mult=parse_ints(channel_mult, "--channel-mult"),
                         attn_res=parse_ints(attn_res, "--attn-res"), images=images,
                         batch=batch, lr=lr, ema_halflife=ema_halflife, seed=seed,
-                        ckpt_every=ckpt_every)
+                        ckpt_every=ckpt_every, labels=labels, label_dropout=label_dropout)
     rec = train_teacher(cfg, str(out), device=device)
     typer.echo(f"done: {out} (loss {rec.get('loss', float('nan')):.4f}); samples in "
                f"{out / 'samples'}")

@@ -12,8 +12,11 @@ Without a spec a conditional network gets the images' own labels where there are
 unconditional network gets none, and giving it a spec is an error.
 
 `bind(net, onehot)` turns a network and its labels into the two-argument denoiser
-`D(x, sigma)` that the samplers, losses and feature taps call.
+`D(x, sigma)` that the samplers, losses and feature taps call; analyses that stream images in
+batches take the one-hot labels of all images (`cond`) and slice them with `cond_batches`.
 """
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -124,3 +127,9 @@ class Bound:
 def bind(net, onehot: torch.Tensor | None):
     """`net` itself without labels, else the labelled two-argument denoiser."""
     return net if onehot is None else Bound(net, onehot)
+
+
+def cond_batches(cond: torch.Tensor | None, batch: int):
+    """The one-hot labels of consecutive image batches of size `batch` (None for each batch of
+    an unconditional network)."""
+    return itertools.repeat(None) if cond is None else cond.split(batch)

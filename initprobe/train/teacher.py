@@ -6,7 +6,7 @@ sample is shown without its label, so the network also learns the unconditional 
 classifier-free guidance needs (EDM trains its conditional CIFAR-10 networks with 0; 0.1 is Ho &
 Salimans' convention). Both land in the resolved `unet` config, so every checkpoint loads back as a
 conditional network. The label options enter the run's config only when `labels` is on
-(`plain_config`): an unconditional teacher's config, and its folder hash in `reproduce`, read as
+(`loop.to_plain`): an unconditional teacher's config, and its folder hash in `reproduce`, read as
 before.
 """
 
@@ -28,7 +28,6 @@ from ..runio import append_jsonl
 from .loop import Dist, RunDir, check_finite, pick_device, step_generator, to_plain, update_ema
 
 DEFAULT_LABEL_DROPOUT = 0.1
-LABEL_KEYS = ("labels", "label_dropout")
 
 
 @dataclass
@@ -101,19 +100,13 @@ def resolve_config(cfg: TeacherConfig) -> TeacherConfig:
     return cfg
 
 
-def plain_config(cfg: TeacherConfig) -> dict:
-    """The config as JSON values; the label options only when `labels` is on."""
-    out = to_plain(cfg)
-    return out if cfg.labels else {k: v for k, v in out.items() if k not in LABEL_KEYS}
-
-
 def train_teacher(cfg: TeacherConfig, out: str, device: str = "auto",
                   progress: bool = True) -> dict:
     """Train (or resume) a teacher in run directory `out`; returns the final metrics record."""
     cfg = resolve_config(cfg)
     ddp = Dist()
     dev = pick_device(device)
-    with RunDir(out, {"kind": "teacher", **plain_config(cfg)}, resume_ignore=("images",),
+    with RunDir(out, {"kind": "teacher", **to_plain(cfg)}, resume_ignore=("images",),
                 lock=ddp.main) as run:
         return _train(cfg, run, ddp, dev, progress)
 

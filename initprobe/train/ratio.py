@@ -117,8 +117,8 @@ class RatioObjective(Objective):
         y_fake, y_real = labels if labels is not None else (None, None)
         fake_t, sigma_f = self.noised(fake.detach(), self.aux_sigma, g)
         real_t, sigma_r = self.noised(real, self.aux_sigma, g)
-        d_fake = self.estimator(fake_t, sigma_f, y_fake).float()
-        d_real = self.estimator(real_t, sigma_r, y_real).float()
+        d_fake = self.logit(fake_t, sigma_f, y_fake).float()
+        d_real = self.logit(real_t, sigma_r, y_real).float()
         loss = logistic_loss(d_fake, d_real)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -141,10 +141,17 @@ class RatioObjective(Objective):
         """grad_x of mean_i h_i d(x_t,i) with h held fixed, plus d and h (all detached)."""
         x = x_t.detach().requires_grad_(True)
         with torch.enable_grad():
-            d = self.estimator(x, sigma, class_labels).float()
+            d = self.logit(x, sigma, class_labels).float()
             h = divergence_weight(d.detach(), self.divergence)
             (grad,) = torch.autograd.grad((h * d).sum() / len(x), x)
         return grad, d.detach(), h
+
+    def logit(self, x_t: torch.Tensor, sigma: torch.Tensor,
+              class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """d(x_t, sigma), or d(x_t, sigma, y) in a class-conditional run."""
+        if class_labels is None:
+            return self.estimator(x_t, sigma)
+        return self.estimator(x_t, sigma, class_labels)
 
     def optimizers(self):
         return {"estimator": self.opt}

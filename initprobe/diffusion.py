@@ -6,6 +6,8 @@ given `z`. Defaults follow EDM: sigma_min 0.002, sigma_max 80, rho 7.
 
 import torch
 
+from .nets.labels import bind
+
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 P_MEAN, P_STD = -1.2, 1.2
 
@@ -89,20 +91,23 @@ def generator(net, z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(net, z: torch.Tensor, sampler: str = "heun", steps: int = 18,
-             sigma_mid: float = 2.0, batch: int = 256) -> torch.Tensor:
-    """Run a sampler by name over `z` in batches; returns images on z's device."""
+             sigma_mid: float = 2.0, batch: int = 256,
+             labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Run a sampler by name over `z` in batches; returns images on z's device. `labels`:
+    one-hot class labels [N, label_dim] of a conditional network, one per latent."""
     out = []
-    for zb in z.split(batch):
+    for i, zb in enumerate(z.split(batch)):
+        net_b = bind(net, None if labels is None else labels[i * batch:i * batch + len(zb)])
         if sampler == "heun":
-            out.append(heun(net, zb, steps))
+            out.append(heun(net_b, zb, steps))
         elif sampler == "euler":
-            out.append(euler(net, zb, steps))
+            out.append(euler(net_b, zb, steps))
         elif sampler == "two-step":
-            out.append(two_step(net, zb, sigma_mid))
+            out.append(two_step(net_b, zb, sigma_mid))
         elif sampler == "one-step":
-            out.append(one_step(net, zb))
+            out.append(one_step(net_b, zb))
         elif sampler == "generator":
-            out.append(generator(net, zb))
+            out.append(generator(net_b, zb))
         else:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     return torch.cat(out)

@@ -1,6 +1,7 @@
 """initprobe.reproduce: config validation, verdict rules, resume-skip, and one miniature study
 run end to end through `initprobe reproduce`."""
 
+import json
 import math
 import subprocess
 import sys
@@ -87,7 +88,9 @@ def write_experiments(folder: Path, study: str = STUDY) -> Path:
 def test_shipped_configs_are_valid(profile):
     prof = load_profile(EXPERIMENTS, profile, data_path="mnist.npz")
     studies = load_studies(EXPERIMENTS, prof)
-    assert [s.claim for s in studies] == [f"C{i}" for i in range(1, 12)]
+    last = 13 if profile == "quick" else 12   # C12, the conditional study: quick only
+    assert [s.claim for s in studies] == [f"C{i}" for i in range(1, last)]
+    assert [s.labels for s in studies].count(True) == (profile == "quick")
     assert all(len(s.seeds) >= 3 for s in studies)
 
 
@@ -398,3 +401,40 @@ def test_verdicts_are_judged_at_every_budget_and_the_change_is_reported(tmp_path
         {"type": "greater_than", "metric": "cka_after", "a": "teacher-init", "b": 0.5}])
     alone = evaluate_study(StudyResult(other, tmp_path, "cached", {"cka": cka}, 0.0), "mini", [])
     assert set(alone["budget_images"]) == {20000} and set(alone["verdict"]) == {HOLDS}
+
+
+COND_STUDY = STUDY.replace('method = "two inits"', 'method = "two inits"\nlabels = true').replace(
+    "[measure.cka]\nsigmas = [0.5]\n", "").replace('metric = "fd_classifier"',
+                                                  'metric = "label_accuracy"')
+
+
+def test_a_conditional_study_trains_a_labelled_teacher_and_judges_label_accuracy(tmp_path,
+                                                                                monkeypatch):
+    folder = write_experiments(tmp_path / "exp", COND_STUDY)
+    prof = load_profile(folder, "mini")
+    study = load_study(folder / "c1_mini.toml", prof)
+    assert study.labels and study.key()["labels"] is True
+    ws = Workspace(prof, tmp_path / "out", "cpu", log=lambda s: None)
+    assert ws.teacher_dir("labels") != ws.teacher_dir()   # never the same folder
+    monkeypatch.setattr("initprobe.reproduce.runner.draw_study", lambda *a, **k: [])
+    result = run_study(ws, study, tmp_path / "fig", log=lambda s: None)
+    q = result.tables["quality"]
+    acc = q[q["metric"] == "label_accuracy"]
+    assert set(acc["group"]) == {"teacher-init", "random-init"} and len(acc) == 4
+    assert acc["value"].between(0, 1).all()
+    teacher_cfg = json.loads((ws.teacher_dir("labels") / "config.json").read_text())
+    assert teacher_cfg["labels"] is True and teacher_cfg["unet"]["label_dim"] == 10
+    assert not ws.teacher_dir().exists()   # the unconditional teacher was not needed
+    run_cfg = json.loads((StudyRuns(ws, study).dir("random-init", 0) / "config.json")
+                         .read_text())
+    assert run_cfg["labels"] is True and run_cfg["teacher"] == str(ws.teacher_dir("labels"))
+
+
+@pytest.mark.parametrize("edit, key", [
+    (("labels = true", 'labels = "yes"'), "labels"),
+    (("[measure.quality]", "[measure.quality]\n[measure.cka]"), "measure"),
+])
+def test_bad_conditional_study_configs(tmp_path, edit, key):
+    folder = write_experiments(tmp_path / "exp", COND_STUDY.replace(*edit))
+    with pytest.raises(UserError, match=rf"c1_mini.toml.*{key}"):
+        load_study(folder / "c1_mini.toml", load_profile(folder, "mini"))

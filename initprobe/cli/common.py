@@ -7,6 +7,9 @@ from ..errors import UserError
 DATA_HELP = "dataset: digits (bundled, default), mnist, cifar10, folder"
 PATH_HELP = "path of the dataset file or folder (not needed for digits)"
 LAYERS_HELP = "blocks (last conv of every block), all, or comma-separated layer ids"
+LABELS_HELP = ("class-conditional networks: classes of the images, e.g. 0-9 (cycled), 3, 1,4,7, "
+               "uniform (drawn per seed), data (real images' own); default: real images' own, "
+               "generated images uniform")
 DEVICE_HELP = "auto, cpu, cuda, cuda:N"
 CHANNELS_LAST_HELP = "GPU: channels_last layout of the networks (cuDNN's NHWC bf16 convolutions)"
 COMPILE_HELP = "GPU: torch.compile the generator and teacher (pays on long runs)"
@@ -37,9 +40,12 @@ def dataset_for(net, data: str, data_path: str | None, split: str, n_images: int
     return ds
 
 
-def dataset_images(net, data: str, data_path: str | None, split: str, n_images: int):
-    """The images of `dataset_for`."""
-    return dataset_for(net, data, data_path, split, n_images).images
+def class_inputs(nets: dict, spec: str | None, ds, device) -> dict:
+    """Name -> the one-hot class labels a network sees for the images of `ds` (`--labels`;
+    default the images' own; None for an unconditional network)."""
+    from ..nets.labels import labels_onehot
+    return {name: labels_onehot(net, spec, own=ds.labels, device=device)
+            for name, net in nets.items()}
 
 
 def numbers(spec: str, kind, option: str) -> list:

@@ -7,8 +7,9 @@ import pandas as pd
 import typer
 
 from ..errors import UserError
+from ..train.teacher import DEFAULT_LABEL_DROPOUT
 from . import app
-from .common import DATA_HELP, PATH_HELP, parse_ints
+from .common import DATA_HELP, LABELS_HELP, PATH_HELP, parse_ints
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -44,6 +45,11 @@ def train_teacher_cmd(
     ema_halflife: float = typer.Option(20_000, help="EMA half-life in images"),
     seed: int = typer.Option(0, help="random seed (runs are deterministic on CPU)"),
     ckpt_every: int = typer.Option(1000, help="checkpoint every N steps"),
+    labels: bool = typer.Option(False, "--labels", help="class-conditional: one class "
+                                "embedding input per class of the data, fed each image's label"),
+    label_dropout: float = typer.Option(DEFAULT_LABEL_DROPOUT, help="with --labels: probability "
+                                        "that a training image is shown without its label "
+                                        "(classifier-free guidance; EDM itself uses 0)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
 ):
     """Train an EDM teacher (EDM loss, log-normal sigma, Adam, EMA); resumable.
@@ -54,6 +60,8 @@ def train_teacher_cmd(
              --size 16 --preset small --images 200000 --out runs/teacher-mnist16
 
     Wider:   ... --preset small --model-channels 32 --channel-mult 1,2 --attn-res none
+
+    Class-conditional: initprobe train-teacher --data digits --labels --out runs/teacher-cond
     """
     from ..train.teacher import TeacherConfig, train_teacher
     cfg = TeacherConfig(data=data, data_path=data_path, size=size, preset=preset,
@@ -61,7 +69,7 @@ def train_teacher_cmd(
                         channel_mult=parse_ints(channel_mult, "--channel-mult"),
                         attn_res=parse_ints(attn_res, "--attn-res"), images=images,
                         batch=batch, lr=lr, ema_halflife=ema_halflife, seed=seed,
-                        ckpt_every=ckpt_every)
+                        ckpt_every=ckpt_every, labels=labels, label_dropout=label_dropout)
     rec = train_teacher(cfg, str(out), device=device)
     typer.echo(f"done: {out} (loss {rec.get('loss', float('nan')):.4f}); samples in "
                f"{out / 'samples'}")
@@ -77,14 +85,20 @@ def sample_cmd(
     sigma_mid: float = typer.Option(2.0, help="intermediate sigma of the two-step map"),
     seeds: str = typer.Option("0-63", help="latent seeds: 0-63 or 0,5,9"),
     weights: str = typer.Option("ema", help="ema or net"),
+    labels: str = typer.Option(None, help=LABELS_HELP),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
 ):
-    """Draw samples: a PNG grid and an .npz (images in [-1, 1], seeds).
+    """Draw samples: a PNG grid and an .npz (images in [-1, 1], seeds, and a conditional
+    network's labels).
 
     Example: initprobe sample runs/teacher-digits --sampler heun --steps 18 --out runs/samples
+
+    Class-conditional: initprobe sample runs/teacher-cond --labels 0-9 --seeds 0-99 --out
+    runs/cond-samples (seed i gets class i mod 10; --labels 3: all class 3; --labels uniform)
     """
     from ..diffusion import SAMPLERS, generate, latents
     from ..nets.io import load_network
+    from ..nets.labels import class_labels, label_dim, one_hot
     from ..report.images import save_grid
     from ..runio import atomic_save_npz
     from ..train.loop import pick_device
@@ -97,11 +111,16 @@ def sample_cmd(
     seed_list = parse_seeds(seeds)
     z = latents(seed_list, (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution),
                 dev)
-    x = generate(net, z, sampler, steps, sigma_mid).cpu()
+    y = class_labels(net, labels, seed_list)
+    if y is not None and labels is None:
+        typer.echo("note: a class-conditional network without --labels: each seed's class is "
+                   "drawn uniformly (as --labels uniform)", err=True)
+    x = generate(net, z, sampler, steps, sigma_mid, labels=one_hot(y, label_dim(net), dev)).cpu()
     name = f"{sampler}-{steps}" if sampler in ("heun", "euler") else sampler
     png = save_grid(x, out / f"{name}.png")
     npz = out / f"{name}.npz"
-    atomic_save_npz(npz, images=x.numpy(), seeds=np.array(seed_list))
+    extra = {} if y is None else {"labels": y.numpy()}
+    atomic_save_npz(npz, images=x.numpy(), seeds=np.array(seed_list), **extra)
     typer.echo(f"wrote {png} and {npz} ({len(seed_list)} images)")
 
 

@@ -6,7 +6,15 @@ from typing import Annotated
 import typer
 
 from . import app
-from .common import DATA_HELP, DEVICE_HELP, PATH_HELP, dataset_images, run_labels
+from .common import (
+    DATA_HELP,
+    DEVICE_HELP,
+    LABELS_HELP,
+    PATH_HELP,
+    class_inputs,
+    dataset_for,
+    run_labels,
+)
 
 Opt = typer.Option
 
@@ -24,6 +32,7 @@ def spectrum_cmd(
     seed: Annotated[int, Opt(help="noise seed of the denoiser inputs")] = 0,
     label: Annotated[list[str] | None, Opt(help="one per checkpoint (default: file stem)")] = None,
     batch: Annotated[int, Opt(help="images per forward pass")] = 256,
+    labels: Annotated[str | None, Opt(help=LABELS_HELP)] = None,
     device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
 ):
     """Radially averaged power spectra of the data, of each checkpoint's one-step and Heun
@@ -32,6 +41,9 @@ def spectrum_cmd(
 
     Example: initprobe spectrum runs/teacher-digits runs/gen-digits --label teacher
              --label generator --out runs/spectrum
+
+    Class-conditional networks: the denoiser sees the images' own labels (or --labels); the
+    samples' classes are drawn uniformly per seed.
     """
     from ..measure.frequency import spectrum_analysis
     from ..nets.io import load_network
@@ -41,8 +53,9 @@ def spectrum_cmd(
     names = run_labels(checkpoints, label)
     dev = pick_device(device)
     nets = {name: load_network(c).to(dev) for name, c in zip(names, checkpoints)}
-    images = dataset_images(next(iter(nets.values())), data, data_path, split, n_images).to(dev)
-    df = spectrum_analysis(nets, images, n, heun_steps, seed=seed, batch=batch)
+    ds = dataset_for(next(iter(nets.values())), data, data_path, split, n_images)
+    df = spectrum_analysis(nets, ds.images.to(dev), n, heun_steps, seed=seed, batch=batch,
+                           cond=class_inputs(nets, labels, ds, dev))
     spectra, bands = df[df["metric"] == "power"], df[df["metric"] != "power"]
     for name, table, draw in (("spectra", spectra, spectra_figure),
                               ("bands", bands, band_error_figure)):

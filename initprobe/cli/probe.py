@@ -10,9 +10,11 @@ from . import app
 from .common import (
     DATA_HELP,
     DEVICE_HELP,
+    LABELS_HELP,
     LAYERS_HELP,
     PATH_HELP,
-    dataset_images,
+    class_inputs,
+    dataset_for,
     layer_spec,
     run_labels,
 )
@@ -57,6 +59,7 @@ def probe_activations_cmd(
     seed: Annotated[int, Opt(help="noise seed (the same noise for every checkpoint)")] = 0,
     label: Annotated[list[str] | None, Opt(help="one per checkpoint (default: file stem)")] = None,
     batch: Annotated[int, Opt(help="images per forward pass")] = 256,
+    labels: Annotated[str | None, Opt(help=LABELS_HELP)] = None,
     device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
 ):
     """GDD's activation-vs-timestep probe: each layer's mean |activation| (or RMS) on noised
@@ -65,6 +68,8 @@ def probe_activations_cmd(
 
     Example: initprobe probe-activations runs/teacher-digits runs/gen-digits
              --label teacher --label generator --out runs/probe
+
+    Class-conditional networks see the images' own labels (or --labels, e.g. 3).
     """
     from ..measure.activations import probe_many
     from ..nets.io import load_network
@@ -72,9 +77,9 @@ def probe_activations_cmd(
     names = run_labels(checkpoints, label)
     dev = pick_device(device)
     nets = {n: load_network(c).to(dev) for n, c in zip(names, checkpoints)}
-    images = dataset_images(next(iter(nets.values())), data, data_path, split, n_images)
-    df = probe_many(nets, images, layers=layer_spec(layers), stat=stat, seed=seed, batch=batch,
-                    progress=True)
+    ds = dataset_for(next(iter(nets.values())), data, data_path, split, n_images)
+    df = probe_many(nets, ds.images, class_inputs(nets, labels, ds, dev),
+                    layers=layer_spec(layers), stat=stat, seed=seed, batch=batch, progress=True)
     _write(df, out, "activations", stat, f"{stat} of layer outputs, min-max per layer")
 
 
@@ -94,6 +99,7 @@ def attribute_cmd(
     internal_batch_size: Annotated[int | None, Opt(help="captum's inputs per pass")] = None,
     seed: Annotated[int, Opt(help="noise and projection-direction seed")] = 0,
     label: Annotated[str | None, Opt(help="run label (default: file stem)")] = None,
+    labels: Annotated[str | None, Opt(help=LABELS_HELP)] = None,
     device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
 ):
     """Captum layer attributions per layer and noise level: mean |attribution| of each layer's
@@ -106,11 +112,13 @@ def attribute_cmd(
     from ..measure.attribution import attribute
     from ..nets.io import load_network
     from ..train.loop import pick_device
-    net = load_network(checkpoint).to(pick_device(device))
-    images = dataset_images(net, data, data_path, split, n_images)
-    df = attribute(net, images, layers=layer_spec(layers), method=method, target=target,
+    dev = pick_device(device)
+    net = load_network(checkpoint).to(dev)
+    ds = dataset_for(net, data, data_path, split, n_images)
+    df = attribute(net, ds.images, layers=layer_spec(layers), method=method, target=target,
                    seed=seed, internal_batch_size=internal_batch_size, n_steps=n_steps,
-                   baseline=baseline, progress=True)
+                   baseline=baseline, progress=True,
+                   cond=class_inputs({"": net}, labels, ds, dev)[""])
     df["run"] = label or Path(checkpoint).stem
     _write(df, out, "attribution", f"attr_{method}", f"{method} attribution to the {target}, "
            f"min-max per layer")

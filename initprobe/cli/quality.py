@@ -7,7 +7,7 @@ import typer
 
 from ..errors import UserError
 from . import app
-from .common import DATA_HELP, DEVICE_HELP, PATH_HELP, numbers, run_labels
+from .common import DATA_HELP, DEVICE_HELP, LABELS_HELP, PATH_HELP, numbers, run_labels
 
 Opt = typer.Option
 NETWORK_HELP = "feature network: classifier (trained on the data, cached) or inception (FID)"
@@ -76,20 +76,31 @@ def quality_cmd(
     n: Annotated[int, Opt(help="number of samples (seeds 0..n-1)")] = 1000,
     label: Annotated[list[str] | None, Opt(help="one per checkpoint (default: file stem)")] = None,
     batch: Annotated[int, Opt(help="images per generation / feature batch")] = 256,
+    labels: Annotated[str | None, Opt(help=LABELS_HELP)] = None,
     device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
 ):
     """Sample quality of one or more checkpoints against the data (abs) or against another
     checkpoint's samples with the same seeds (rel); writes the long-form quality.csv.
+    Class-conditional networks add the label accuracy and, against the data, per-class rows
+    (fd, precision, recall, label_accuracy; the class in the `label` column).
 
     Example: initprobe quality runs/teacher-digits runs/gen-digits --label teacher
              --label generator --reference data --out runs/quality
 
+    Labels:  initprobe quality runs/teacher-cond --labels 0-9 --out runs/quality-cond
+
     FID:     initprobe quality runs/gen-cifar --data cifar10 --data-path DATA
              --network inception --inception-weights pt_inception-2015-12-05-6726825d.pth
     """
-    from ..measure.quality import quality_metrics, summarize_data, summarize_samples
+    from ..measure.quality import (
+        class_metrics,
+        quality_metrics,
+        summarize_classes,
+        summarize_data,
+        summarize_samples,
+    )
     from ..runio import atomic_write_text, writable_dir
-    from ..schema import frame
+    from ..schema import frame, split_class
     names = run_labels(checkpoints, label)
     writable_dir(out)
     refs = [] if reference == "data" else [Path(reference)]
@@ -101,12 +112,15 @@ def quality_cmd(
     else:
         ref = summarize_samples(extractor, loaded[-1], n,
                                 reference_sampler or sampler, reference_steps or steps,
-                                sigma_mid, batch)
+                                sigma_mid, batch, labels)
     records = []
     for name, net in nets.items():
-        s = summarize_samples(extractor, net, n, sampler, steps, sigma_mid, batch)
+        s = summarize_samples(extractor, net, n, sampler, steps, sigma_mid, batch, labels)
         q = quality_metrics(s, ref, extractor)
-        records += [{"run": name, "metric": k, "value": v} for k, v in q.items()]
+        if s.by_class and reference == "data":
+            q.update(class_metrics(s, summarize_classes(extractor, train), extractor))
+        records += [{"run": name, "metric": split_class(k)[0], "label": split_class(k)[1],
+                     "value": v} for k, v in q.items()]
         typer.echo(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
     df = frame(records, network=extractor.name, reference=reference, sampler=sampler,
                steps=steps, sigma_mid=sigma_mid, n=n)

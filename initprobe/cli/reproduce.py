@@ -101,7 +101,7 @@ def reproduce_cmd(
 ):
     """Run the whole reproduction: train the teacher and check its quality gate (the profile's
     gate rule; a teacher below it stops the study), train every study's runs, measure, and
-    judge each claim (C1-C11) by the verdict rules of its config at every evaluation budget;
+    judge each claim (C1-C12) by the verdict rules of its config at every evaluation budget;
     writes one figure per measurement, sample grids, findings.csv and findings.md. Rerunning
     resumes: finished runs and cached measurements are skipped, verdicts are re-evaluated.
 

@@ -7,7 +7,16 @@ import typer
 
 from ..errors import UserError
 from . import app
-from .common import DATA_HELP, DEVICE_HELP, LAYERS_HELP, PATH_HELP, dataset_images, layer_spec
+from .common import (
+    DATA_HELP,
+    DEVICE_HELP,
+    LABELS_HELP,
+    LAYERS_HELP,
+    PATH_HELP,
+    class_inputs,
+    dataset_for,
+    layer_spec,
+)
 
 Opt = typer.Option
 
@@ -28,6 +37,7 @@ def cka_cmd(
     seed: Annotated[int, Opt(help="noise seed (both networks see the same noisy images)")] = 0,
     label: Annotated[list[str] | None, Opt(help="two labels, A then B (default: file stems)")]
     = None,
+    labels: Annotated[str | None, Opt(help=LABELS_HELP)] = None,
     device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
 ):
     """Minibatch CKA between two checkpoints' layer outputs on the same noised real images:
@@ -36,6 +46,8 @@ def cka_cmd(
 
     Example: initprobe cka runs/teacher-digits runs/gen-digits --label teacher
              --label generator --out runs/cka
+
+    Class-conditional networks see the images' own labels (or --labels, e.g. 3).
     """
     from ..measure.similarity import cka_diagonal, cka_matrix
     from ..nets.io import load_network
@@ -47,11 +59,12 @@ def cka_cmd(
     name_a, name_b = label or (a.stem, b.stem)
     dev = pick_device(device)
     net_a, net_b = load_network(a).to(dev), load_network(b).to(dev)
-    images = dataset_images(net_a, data, data_path, split, n_images)
+    ds = dataset_for(net_a, data, data_path, split, n_images)
+    cond = class_inputs({"a": net_a, "b": net_b}, labels, ds, dev)
     opts = dict(layers=layer_spec(layers), kernel=kernel, batch=batch, seed=seed,
-                run=f"{name_a} vs {name_b}")
-    matrix = cka_matrix(net_a, net_b, images, sigma, **opts)
-    diagonal = cka_diagonal(net_a, net_b, images, **opts)
+                run=f"{name_a} vs {name_b}", cond=(cond["a"], cond["b"]))
+    matrix = cka_matrix(net_a, net_b, ds.images, sigma, **opts)
+    diagonal = cka_diagonal(net_a, net_b, ds.images, **opts)
     for name, df, draw in (("cka_matrix", matrix, cka_matrix_heatmap),
                            ("cka_diagonal", diagonal, cka_diagonal_figure)):
         atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))

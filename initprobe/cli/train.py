@@ -27,6 +27,8 @@ TRAIN_HELP = (
     "initprobe train --teacher runs/teacher-digits --objective gan --freeze gdd --out runs/gdd-i"
     "\n\n"
     "initprobe train --teacher runs/teacher-digits --objective cd --out runs/cd\n\n"
+    "initprobe train --teacher runs/teacher-cond --labels --objective gan --out runs/gan-cond "
+    "(class-conditional G(z, y); teacher from train-teacher --labels)\n\n"
     "torchrun --nproc_per_node 2 -m initprobe train --teacher runs/teacher-digits --batch 128 "
     "--out runs/gan-ddp")
 
@@ -107,6 +109,9 @@ def train_cmd(
                                                "features", rich_help_panel=OBJ),
     disc_features: str = typer.Option("teacher", help="gan: teacher or classifier",
                                       rich_help_panel=OBJ),
+    labels: bool = typer.Option(False, "--labels", help="class-conditional generator G(z, y) "
+                                "from a conditional teacher: labels drawn at the data's class "
+                                "frequencies; objectives condition on them", rich_help_panel=OBJ),
     option: list[str] = typer.Option(None, "--option", help="objective-specific KEY=VALUE "
                                      "(repeatable), e.g. cd: scales=18, distance=huber",
                                      rich_help_panel=OBJ),
@@ -135,11 +140,12 @@ def train_cmd(
         sigma_cond=sigma_cond, steps=steps, sigma_mid=sigma_mid, divergence=divergence,
         r1_gamma=r1_gamma, r1_interval=r1_interval, disc_sigma=disc_sigma,
         disc_features=disc_features, objective_options=parse_options(option),
-        ema_halflife=ema_halflife, eval_every=eval_every,
+        labels=labels, ema_halflife=ema_halflife, eval_every=eval_every,
         eval_at=parse_ints(eval_at, "--eval-at") or [], eval_n=eval_n, ckpt_every=ckpt_every)
     rec = train_onestep(cfg, str(out), device=device, allow_teacher_change=allow_teacher_change,
                         speed=Speed(channels_last=channels_last, compile=compile))
-    shown = {k: rec[k] for k in ("fd_classifier", "precision", "recall", "coverage") if k in rec}
+    shown = {k: rec[k] for k in ("fd_classifier", "precision", "recall", "coverage",
+                                 "label_accuracy") if k in rec}
     typer.echo(f"done: {out} ({rec.get('images_seen', 0)} images) "
                + " ".join(f"{k} {v:.4g}" for k, v in shown.items()))
 

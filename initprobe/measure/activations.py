@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..nets.labels import bind, cond_batches
 from ..schema import frame
 from .hooks import capture
 from .profiles import default_sigmas, fixed_noise, layer_record, select_layers, with_minmax
@@ -35,10 +36,12 @@ def _per_image(stat: str):
 @torch.no_grad()
 def probe_activations(net: nn.Module, images: torch.Tensor, sigmas: Sequence[float] | None = None,
                       layers: str | Sequence[str] = "blocks", stat: str = "mean_abs",
-                      seed: int = 0, batch: int = 256, progress: bool = False) -> pd.DataFrame:
+                      seed: int = 0, batch: int = 256, progress: bool = False,
+                      cond: torch.Tensor | None = None) -> pd.DataFrame:
     """The activation statistic of each layer at each sigma (default `default_sigmas()`),
     averaged over `images` [N, C, H, W] on the network's device; long-form table (schema
-    columns, `seed` filled, `run` empty), layers in network order, sigma ascending."""
+    columns, `seed` filled, `run` empty), layers in network order, sigma ascending. `cond`:
+    one-hot labels of the images for a class-conditional network."""
     reduce = _per_image(stat)
     ids = select_layers(net, layers)
     sigmas = default_sigmas() if sigmas is None else sorted(float(s) for s in sigmas)
@@ -48,20 +51,22 @@ def probe_activations(net: nn.Module, images: torch.Tensor, sigmas: Sequence[flo
     records = []
     for sigma in tqdm(sigmas, desc="sigma", disable=not progress):
         with capture(net, ids, reduce=reduce) as got:
-            for x, n in zip(images.split(batch), noise.split(batch)):
-                net(x + sigma * n, sigma)
+            for x, n, y in zip(images.split(batch), noise.split(batch),
+                               cond_batches(cond, batch)):
+                bind(net, y)(x + sigma * n, sigma)
         for layer in ids:
             value = torch.cat(got[layer]).mean().item()
             records.append(layer_record(layer, sigma, stat, value))
     return with_minmax(frame(records, seed=seed), stat)
 
 
-def probe_many(nets: Mapping[str, nn.Module], images: torch.Tensor, **kwargs) -> pd.DataFrame:
+def probe_many(nets: Mapping[str, nn.Module], images: torch.Tensor,
+               cond: Mapping[str, torch.Tensor | None] | None = None, **kwargs) -> pd.DataFrame:
     """`probe_activations` for each labelled network (same images, sigmas and noise), with
-    `run` = label."""
+    `run` = label; `cond`: label -> one-hot class labels of a conditional network."""
     tables = []
     for label, net in nets.items():
-        df = probe_activations(net, images, **kwargs)
+        df = probe_activations(net, images, cond=(cond or {}).get(label), **kwargs)
         df["run"] = label
         tables.append(df)
     return pd.concat(tables, ignore_index=True)

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..nets.labels import bind, cond_batches
 from ..nets.precond import SIGMA_DATA
 from ..schema import frame
 from .hooks import modules_by_id
@@ -60,40 +61,44 @@ def direction(shape: Sequence[int], seed: int) -> torch.Tensor:
 def target_function(net: nn.Module, sigma: float, target: str,
                     u: torch.Tensor | None = None) -> Callable[[torch.Tensor, torch.Tensor],
                                                                torch.Tensor]:
-    """f(y, x) -> [N]: the scalar target per example for noisy inputs y and clean images x;
-    `projection` needs the unit direction `u` (one image's shape)."""
+    """f(y, x, cond=None) -> [N]: the scalar target per example for noisy inputs y and clean
+    images x (and one-hot class labels `cond` of a conditional network); `projection` needs the
+    unit direction `u` (one image's shape)."""
     _check(target, TARGETS, "attribution target")
     if target == "loss":
         sd = getattr(net, "sigma_data", SIGMA_DATA)
         weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
 
-        def loss(y, x):
-            return weight * (net(y, sigma) - x).square().flatten(1).mean(1)
+        def loss(y, x, cond=None):
+            return weight * (bind(net, cond)(y, sigma) - x).square().flatten(1).mean(1)
         return loss
     if u is None:
         raise ValueError("the projection target needs a direction u")
 
-    def projection(y, x):
-        return (net(y, sigma) * u.to(y.device, y.dtype)).flatten(1).sum(1)
+    def projection(y, x, cond=None):
+        return (bind(net, cond)(y, sigma) * u.to(y.device, y.dtype)).flatten(1).sum(1)
     return projection
 
 
 def layer_attributions(forward: Callable, noisy: torch.Tensor, clean: torch.Tensor,
                        modules: dict[str, nn.Module], method: str,
                        baseline: torch.Tensor | None = None, n_steps: int = 50,
-                       internal_batch_size: int | None = None) -> dict[str, torch.Tensor]:
-    """Raw attributions (shaped like each layer's output, detached) of `forward(noisy, clean)`
-    to the outputs of `modules` (id -> module). `baseline` (shaped like `noisy`) and `n_steps`
-    and `internal_batch_size` (captum's bound on inputs per pass) are for conductance."""
+                       internal_batch_size: int | None = None,
+                       cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Raw attributions (shaped like each layer's output, detached) of
+    `forward(noisy, clean, cond)` to the outputs of `modules` (id -> module). `baseline` (shaped
+    like `noisy`) and `n_steps` and `internal_batch_size` (captum's bound on inputs per pass)
+    are for conductance; `cond` (one-hot class labels) travels with the examples."""
     _check(method, METHODS, "attribution method")
+    extra = (clean,) if cond is None else (clean, cond)
     if method == "grad_x_act":
         attrs = LayerGradientXActivation(forward, list(modules.values())).attribute(
-            noisy, additional_forward_args=(clean,))
+            noisy, additional_forward_args=extra)
         return {i: a.detach() for i, a in zip(modules, attrs)}
     if baseline is None:
         raise ValueError("conductance needs a baseline")
     return {i: LayerConductance(forward, m).attribute(
-                noisy, baselines=baseline, additional_forward_args=(clean,), n_steps=n_steps,
+                noisy, baselines=baseline, additional_forward_args=extra, n_steps=n_steps,
                 internal_batch_size=internal_batch_size).detach()
             for i, m in modules.items()}
 
@@ -102,9 +107,11 @@ def attribute(net: nn.Module, images: torch.Tensor, sigmas: Sequence[float] | No
               layers: str | Sequence[str] = "blocks", method: str = "conductance",
               target: str = "loss", seed: int = 0, batch: int = 64,
               internal_batch_size: int | None = None, n_steps: int = 50,
-              baseline: str = "mean", progress: bool = False) -> pd.DataFrame:
+              baseline: str = "mean", progress: bool = False,
+              cond: torch.Tensor | None = None) -> pd.DataFrame:
     """Mean |attribution| of each layer at each sigma (default `default_sigmas()`) for `images`
-    [N, C, H, W] on the network's device; long-form table, layers in network order.
+    [N, C, H, W] on the network's device (one-hot class labels `cond` for a conditional
+    network); long-form table, layers in network order.
 
     Examples go through in chunks of `batch`; for conductance a chunk is at most
     `internal_batch_size // 2` examples, so that captum (which needs two path points per
@@ -130,9 +137,10 @@ def attribute(net: nn.Module, images: torch.Tensor, sigmas: Sequence[float] | No
             noisy.mean(0, keepdim=True).expand_as(noisy)
         total = dict.fromkeys(modules, 0.0)
         count = dict.fromkeys(modules, 0)
-        for y, x, b in zip(noisy.split(batch), images.split(batch), y0.split(batch)):
+        for y, x, b, c in zip(noisy.split(batch), images.split(batch), y0.split(batch),
+                              cond_batches(cond, batch)):
             attrs = layer_attributions(forward, y, x, modules, method, b, n_steps,
-                                       internal_batch_size)
+                                       internal_batch_size, c)
             for i, a in attrs.items():
                 total[i] += a.abs().double().sum().item()
                 count[i] += a.numel()

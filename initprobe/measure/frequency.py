@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from ..errors import UserError
+from ..nets.labels import bind, class_labels, cond_batches
 from ..schema import frame
 from .profiles import default_sigmas, fixed_noise
 from .quality import sample_batches
@@ -65,9 +66,11 @@ def _power_rows(freqs, power, **cols) -> list[dict]:
 
 @torch.no_grad()
 def denoiser_spectra(net, images: torch.Tensor, sigmas: Sequence[float] | None = None,
-                     seed: int = 0, batch: int = 256, run: str = "") -> pd.DataFrame:
+                     seed: int = 0, batch: int = 256, run: str = "",
+                     cond: torch.Tensor | None = None) -> pd.DataFrame:
     """Spectra of D(x + sigma n; sigma) and of its error D - x on `images` at each sigma, and the
-    per-band relative error; `net(y, sigma)` runs on the images' device."""
+    per-band relative error; `net(y, sigma)` runs on the images' device (with the one-hot class
+    labels `cond` for a conditional network)."""
     sigmas = default_sigmas() if sigmas is None else sorted(float(s) for s in sigmas)
     noise = fixed_noise(images, seed)
     freqs, data_power = mean_spectrum(images.split(batch))
@@ -76,8 +79,8 @@ def denoiser_spectra(net, images: torch.Tensor, sigmas: Sequence[float] | None =
     records = []
     for sigma in sigmas:
         out, err = SpectrumMean(), SpectrumMean()
-        for x, n in zip(images.split(batch), noise.split(batch)):
-            d = net(x + sigma * n, sigma).float()
+        for x, n, y in zip(images.split(batch), noise.split(batch), cond_batches(cond, batch)):
+            d = bind(net, y)(x + sigma * n, sigma).float()
             out.add(d)
             err.add(d - x)
         records += _power_rows(freqs, out.power, source="denoised", sigma=sigma)
@@ -90,12 +93,14 @@ def denoiser_spectra(net, images: torch.Tensor, sigmas: Sequence[float] | None =
 
 def sample_spectra(net, data_power: torch.Tensor, n: int = 512, heun_steps: int = 18,
                    batch: int = 256, run: str = "") -> pd.DataFrame:
-    """Spectra of the network's `one-step` and `heun` samples (seeds 0 .. n-1) and their
-    per-band mismatch to `data_power`."""
+    """Spectra of the network's `one-step` and `heun` samples (seeds 0 .. n-1; a conditional
+    network's classes drawn uniformly per seed) and their per-band mismatch to `data_power`."""
     edges = band_edges(len(data_power))
     records = []
+    y = class_labels(net, None, range(n))
     for source, sampler, steps in (("one-step", "generator", 1), ("heun", "heun", heun_steps)):
-        freqs, power = mean_spectrum(sample_batches(net, n, sampler, steps, batch=batch))
+        freqs, power = mean_spectrum(sample_batches(net, n, sampler, steps, batch=batch,
+                                                    labels=y))
         records += _power_rows(freqs, power, source=source)
         records += [{"source": source, "band": band, "metric": "band_mismatch", "value": v}
                     for band, v in band_error(power, data_power, edges).items()]
@@ -104,12 +109,15 @@ def sample_spectra(net, data_power: torch.Tensor, n: int = 512, heun_steps: int 
 
 def spectrum_analysis(nets: Mapping[str, object], images: torch.Tensor, n_samples: int = 512,
                       heun_steps: int = 18, sigmas: Sequence[float] | None = None, seed: int = 0,
-                      batch: int = 256) -> pd.DataFrame:
+                      batch: int = 256,
+                      cond: Mapping[str, torch.Tensor | None] | None = None) -> pd.DataFrame:
     """The data spectrum, then for each labelled network its sample spectra and denoiser
-    spectra (module docstring), in one long-form table; `images` on the networks' device."""
+    spectra (module docstring), in one long-form table; `images` on the networks' device;
+    `cond`: label -> one-hot class labels of the images for a conditional network."""
     freqs, data_power = mean_spectrum(images.split(batch))
     tables = [frame(_power_rows(freqs, data_power, source="data"), run="data", seed=seed)]
     for label, net in nets.items():
         tables.append(sample_spectra(net, data_power, n_samples, heun_steps, batch, label))
-        tables.append(denoiser_spectra(net, images, sigmas, seed, batch, label))
+        tables.append(denoiser_spectra(net, images, sigmas, seed, batch, label,
+                                       (cond or {}).get(label)))
     return pd.concat(tables, ignore_index=True)

@@ -15,6 +15,15 @@ a time into a `FeatureSummary`, whose memory does not grow with the number of im
   probability; real digits score near 1, scribbles lower).
 The reference is the data (abs) or another generator's samples (rel).
 
+Class-conditional samples (`summarize(..., labels=)`, each image with the class it was generated
+for) also keep one summary per class, and `class_metrics` gives, against the real images of
+the same class (`summarize_classes`): `<fd>[c]`, `precision[c]`, `recall[c]` per class c (the
+class in brackets; `report.tables.learning_curves` moves it to a `label` column of the long
+form); `quality_metrics` adds `label_accuracy`, the share of samples the classifier assigns to
+the class they were generated for (per class: `label_accuracy[c]`). `summarize_samples` of a
+conditional network labels seed i by `--labels` (default: drawn uniformly per seed,
+`nets.labels`).
+
 Data summaries are cached under `$INITPROBE_CACHE/stats/<key>.npz`, key = sha256 of the images
 used, the network's weights hash and the number of images, so a reference is computed once.
 """
@@ -28,6 +37,7 @@ import torch
 from ..data import Dataset
 from ..diffusion import SAMPLERS, generate, latents
 from ..errors import UserError
+from ..nets.labels import class_labels, label_dim, one_hot
 from ..runio import atomic_save_npz
 from .distances import (
     FeatureStats,
@@ -52,6 +62,8 @@ class FeatureSummary:
         self._kept: list[np.ndarray] = []
         self.histogram: np.ndarray | None = None
         self.confidence_sum = 0.0       # sum of the classifier's confidence (classifier only)
+        self.by_class: dict[int, FeatureSummary] = {}   # labelled samples: one per class
+        self.label_hits = 0             # labelled samples the classifier put in their class
 
     @property
     def n(self) -> int:
@@ -101,22 +113,33 @@ class FeatureSummary:
         return s
 
 
-def summarize(extractor: Extractor, batches: Iterable[torch.Tensor],
-              keep: int = KEEP) -> FeatureSummary:
-    """Stream image batches through the feature network into a `FeatureSummary`."""
+def summarize(extractor: Extractor, batches: Iterable[torch.Tensor], keep: int = KEEP,
+              labels: torch.Tensor | None = None) -> FeatureSummary:
+    """Stream image batches through the feature network into a `FeatureSummary`; `labels`:
+    the class each image was generated for (per-class summaries and label hits)."""
     summary = FeatureSummary(keep)
     for images in batches:
-        feats, labels, confidence = extractor(images)
-        summary.update(feats, labels, extractor.num_classes, confidence)
+        feats, predicted, confidence = extractor(images)
+        if labels is not None:
+            y = labels[summary.n:summary.n + len(images)].to(feats.device)
+            hits = None if predicted is None else predicted == y
+            for c in y.unique().tolist():
+                part = summary.by_class.setdefault(c, FeatureSummary(keep))
+                part.update(feats[y == c])
+                part.label_hits += 0 if hits is None else int(hits[y == c].sum())
+            summary.label_hits += 0 if hits is None else int(hits.sum())
+        summary.update(feats, predicted, extractor.num_classes, confidence)
     if summary.n < 2:
         raise UserError(f"quality needs at least 2 images, got {summary.n}; raise --n")
     return summary
 
 
 def sample_batches(net, n: int, sampler: str = "heun", steps: int = 18, sigma_mid: float = 2.0,
-                   batch: int = 256, first_seed: int = 0) -> Iterator[torch.Tensor]:
+                   batch: int = 256, first_seed: int = 0,
+                   labels: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Generate images for seeds first_seed .. first_seed + n - 1, `batch` at a time, on the
-    network's device. Image i depends only on its seed, so two networks see the same latents."""
+    network's device. Image i depends only on its seed (and class `labels[i]` of a conditional
+    network), so two networks see the same latents."""
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if n < 2 or batch < 1:
@@ -125,13 +148,19 @@ def sample_batches(net, n: int, sampler: str = "heun", steps: int = 18, sigma_mi
     shape = (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution)
     for start in range(first_seed, first_seed + n, batch):
         seeds = range(start, min(start + batch, first_seed + n))
-        yield generate(net, latents(seeds, shape, device), sampler, steps, sigma_mid, batch)
+        y = None if labels is None else one_hot(labels[start - first_seed:][:len(seeds)],
+                                                label_dim(net), device)
+        yield generate(net, latents(seeds, shape, device), sampler, steps, sigma_mid, batch, y)
 
 
 def summarize_samples(extractor: Extractor, net, n: int, sampler: str = "heun", steps: int = 18,
-                      sigma_mid: float = 2.0, batch: int = 256) -> FeatureSummary:
-    """Feature summary of `n` samples of `net` (seeds 0 .. n-1)."""
-    return summarize(extractor, sample_batches(net, n, sampler, steps, sigma_mid, batch))
+                      sigma_mid: float = 2.0, batch: int = 256,
+                      labels: str | None = None) -> FeatureSummary:
+    """Feature summary of `n` samples of `net` (seeds 0 .. n-1; `labels`: a labels spec for a
+    conditional network, see `nets.labels`)."""
+    y = class_labels(net, labels, range(n))
+    return summarize(extractor, sample_batches(net, n, sampler, steps, sigma_mid, batch,
+                                               labels=y), labels=y)
 
 
 def _data_key(extractor: Extractor, images: torch.Tensor, keep: int) -> str:
@@ -153,6 +182,33 @@ def summarize_data(extractor: Extractor, data: Dataset, n: int | None = None, ba
     return summary
 
 
+def summarize_classes(extractor: Extractor, data: Dataset) -> dict[int, FeatureSummary]:
+    """Feature summaries of the real images of each class with at least 2 (cached like
+    `summarize_data`)."""
+    classes, counts = data.labels.unique(return_counts=True)
+    return {c: summarize_data(extractor, Dataset(data.name, data.images[data.labels == c],
+                                                 data.labels[data.labels == c], data.num_classes))
+            for c, k in zip(classes.tolist(), counts.tolist()) if k >= 2}
+
+
+def class_metrics(samples: FeatureSummary, references: dict[int, FeatureSummary],
+                  extractor: Extractor, k: int = 5) -> dict[str, float]:
+    """Per-class quality of labelled samples against the real images of their class;
+    classes with fewer than 2 samples or images are left out."""
+    out = {}
+    for c, s in sorted(samples.by_class.items()):
+        ref = references.get(c)
+        if ref is None or s.n < 2 or ref.n < 2:
+            continue
+        out[f"{extractor.fd_metric}[{c}]"] = frechet_distance(s.stats.mean, s.stats.cov,
+                                                              ref.stats.mean, ref.stats.cov)
+        pr = precision_recall_coverage(ref.kept, s.kept, k=min(k, s.n - 1, ref.n - 1))
+        out.update({f"{m}[{c}]": pr[m] for m in ("precision", "recall")})
+        if extractor.num_classes is not None:
+            out[f"label_accuracy[{c}]"] = s.label_hits / s.n
+    return {key: float(v) for key, v in out.items()}
+
+
 def quality_metrics(samples: FeatureSummary, reference: FeatureSummary, extractor: Extractor,
                     k: int = 5, seed: int = 0) -> dict[str, float]:
     """Metrics of `samples` against `reference` (see the module docstring), plus the counts
@@ -168,5 +224,7 @@ def quality_metrics(samples: FeatureSummary, reference: FeatureSummary, extracto
         out.update(class_entropy=cls["entropy"], classes_covered=cls["classes_covered"],
                    class_kl_uniform=cls["kl_to_uniform"],
                    mean_confidence=samples.mean_confidence)
+        if samples.by_class:
+            out["label_accuracy"] = samples.label_hits / samples.n
     out.update(n_samples=samples.n, n_reference=reference.n)
     return {key: float(v) for key, v in out.items()}

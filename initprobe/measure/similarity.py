@@ -23,17 +23,19 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..nets.labels import bind
 from ..schema import frame
 from .cka import MinibatchCKA
 from .hooks import capture
 from .profiles import default_sigmas, fixed_noise, layer_record, select_layers
 
 
-def _activations(net: nn.Module, ids: list[str], y: torch.Tensor, sigma: float
-                 ) -> list[torch.Tensor]:
-    """Each layer's output on `y`, flattened per image: [b, features] per layer id."""
+def _activations(net: nn.Module, ids: list[str], y: torch.Tensor, sigma: float,
+                 cond: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Each layer's output on `y` (class labels `cond` for a conditional network), flattened
+    per image: [b, features] per layer id."""
     with capture(net, ids) as got:
-        net(y, sigma)
+        bind(net, cond)(y, sigma)
     return [torch.cat([t.flatten(1) for t in got[i]], 1) for i in ids]
 
 
@@ -50,11 +52,14 @@ def _minibatches(images: torch.Tensor, batch: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def _accumulate(net_a, ids_a, net_b, ids_b, images, noise, sigma, batch, kernel) -> torch.Tensor:
+def _accumulate(net_a, ids_a, net_b, ids_b, images, noise, sigma, batch, kernel,
+                cond=(None, None)) -> torch.Tensor:
     mb = MinibatchCKA(kernel)
     for start, stop in _minibatches(images, batch):
         y = images[start:stop] + sigma * noise[start:stop]
-        mb.update(_activations(net_a, ids_a, y, sigma), _activations(net_b, ids_b, y, sigma))
+        ca, cb = (None if c is None else c[start:stop] for c in cond)
+        mb.update(_activations(net_a, ids_a, y, sigma, ca), _activations(net_b, ids_b, y, sigma,
+                                                                          cb))
     return mb.compute()
 
 
@@ -66,12 +71,14 @@ def _inputs(net_a, images, seed):
 
 def cka_matrix(net_a: nn.Module, net_b: nn.Module, images: torch.Tensor, sigma: float = 0.5,
                layers: str | Sequence[str] = "blocks", kernel: str = "linear", batch: int = 256,
-               seed: int = 0, run: str = "A vs B") -> pd.DataFrame:
+               seed: int = 0, run: str = "A vs B", cond=(None, None)) -> pd.DataFrame:
     """Layer x layer minibatch CKA at noise level `sigma`; rows in network order (A's layers
-    outer, B's inner). Both networks must be on the same device."""
+    outer, B's inner). Both networks must be on the same device. `cond`: the one-hot class
+    labels A and B see (None for an unconditional network)."""
     ids_a, ids_b = select_layers(net_a, layers), select_layers(net_b, layers)
     images, noise = _inputs(net_a, images, seed)
-    m = _accumulate(net_a, ids_a, net_b, ids_b, images, noise, float(sigma), batch, kernel)
+    m = _accumulate(net_a, ids_a, net_b, ids_b, images, noise, float(sigma), batch, kernel,
+                    cond)
     records = [{**layer_record(a, float(sigma), f"cka_{kernel}", float(m[i, j])), "layer_b": b}
                for i, a in enumerate(ids_a) for j, b in enumerate(ids_b)]
     return frame(records, run=run, seed=seed)
@@ -80,9 +87,9 @@ def cka_matrix(net_a: nn.Module, net_b: nn.Module, images: torch.Tensor, sigma: 
 def cka_diagonal(net_a: nn.Module, net_b: nn.Module, images: torch.Tensor,
                  sigmas: Sequence[float] | None = None, layers: str | Sequence[str] = "blocks",
                  kernel: str = "linear", batch: int = 256, seed: int = 0,
-                 run: str = "A vs B") -> pd.DataFrame:
+                 run: str = "A vs B", cond=(None, None)) -> pd.DataFrame:
     """CKA of each layer of A with the same layer of B at each sigma (ascending); the layer ids
-    must exist in both networks."""
+    must exist in both networks. `cond` as in `cka_matrix`."""
     ids = select_layers(net_a, layers)
     missing = [i for i in ids if i not in select_layers(net_b, "all")]
     if missing:
@@ -92,7 +99,7 @@ def cka_diagonal(net_a: nn.Module, net_b: nn.Module, images: torch.Tensor,
     images, noise = _inputs(net_a, images, seed)
     records = []
     for sigma in sigmas:
-        m = _accumulate(net_a, ids, net_b, ids, images, noise, sigma, batch, kernel)
+        m = _accumulate(net_a, ids, net_b, ids, images, noise, sigma, batch, kernel, cond)
         records += [{**layer_record(i, sigma, f"cka_{kernel}", float(m[k, k])), "layer_b": i}
                     for k, i in enumerate(ids)]
     return frame(records, run=run, seed=seed)

@@ -16,6 +16,10 @@ zero, so every estimator starts at d = 0 (density ratio 1).
   resolutions), no attention, the noise-embedding MLP, and the head; EDM preconditioning. With
   a quarter of the teacher's base width it has a few percent of the teacher's parameters.
 
+Class-conditional, `d(x_t, sigma, y)`: the one-hot label enters the embedding as in the UNet
+(`map_label`, added to the noise features): `EncoderRatio` of a conditional teacher copies its
+`map_label`; `LiteRatio(label_dim=K)` adds a new one.
+
 `spec()` is a JSON-able description of the architecture; `build_estimator(spec)` rebuilds it
 (weights are stored separately, e.g. in the objective's state).
 """
@@ -40,11 +44,17 @@ class RatioHead(nn.Module):
         return self.out(F.silu(self.norm(x)).mean(dim=(2, 3))).squeeze(1)
 
 
-def _embedding(net: nn.Module, c_noise: torch.Tensor, n: int, dtype) -> torch.Tensor:
-    """The UNet's noise embedding (positional/Fourier features then a 2-layer MLP) for any
-    module holding `map_noise`, `map_layer0` and `map_layer1` (same recipe as `UNet.forward`)."""
+def _embedding(net: nn.Module, c_noise: torch.Tensor, n: int, dtype,
+               class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The UNet's noise (and class) embedding (positional/Fourier features then a 2-layer MLP)
+    for any module holding `map_noise`, `map_layer0`, `map_layer1` and optionally `map_label`
+    (same recipe as `UNet.forward`; no labels: all-zero labels)."""
     emb = net.map_noise(c_noise.reshape(-1).expand(n))
     emb = emb.reshape(n, 2, -1).flip(1).reshape(n, -1)
+    if hasattr(net, "map_label"):
+        dim = net.map_label.in_features
+        y = torch.zeros(1, dim, device=emb.device) if class_labels is None else class_labels
+        emb = emb + net.map_label(y.to(emb.dtype) * dim ** 0.5)
     emb = F.silu(net.map_layer0(emb.to(dtype)))
     return F.silu(net.map_layer1(emb))
 
@@ -61,11 +71,11 @@ class RatioEstimator(nn.Module):
     precond = "edm"
     sigma_data = SIGMA_DATA
 
-    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         sigma = sigma.reshape(-1, 1, 1, 1).expand(x.shape[0], 1, 1, 1)
         _, _, c_in, c_noise = coefficients(sigma, self.precond, self.sigma_data)
-        emb = _embedding(self, c_noise.flatten(), x.shape[0], x.dtype)
+        emb = _embedding(self, c_noise.flatten(), x.shape[0], x.dtype, class_labels)
         return self.head(self.features(c_in * x, emb))
 
     def features(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -82,6 +92,8 @@ class EncoderRatio(RatioEstimator):
         self.unet_config, self.precond, self.sigma_data = dict(unet), precond, sigma_data
         self.map_noise, self.map_layer0, self.map_layer1 = (full.map_noise, full.map_layer0,
                                                              full.map_layer1)
+        if full.cfg.label_dim:
+            self.map_label = full.map_label
         self.enc = full.enc
         self.dec = nn.ModuleDict({k: v for k, v in full.dec.items() if "_in" in k})
         self.head = RatioHead(list(self.dec.values())[-1].out_channels)
@@ -107,7 +119,7 @@ class EncoderRatio(RatioEstimator):
 
 class LiteRatio(RatioEstimator):
     def __init__(self, in_channels: int, img_resolution: int, channels: int = 8,
-                 channel_mult: list[int] | tuple[int, ...] = (1, 2)):
+                 channel_mult: list[int] | tuple[int, ...] = (1, 2), label_dim: int = 0):
         super().__init__()
         if img_resolution % 2 ** (len(channel_mult) - 1):
             raise ValueError(f"img_resolution {img_resolution} is not divisible by "
@@ -116,6 +128,9 @@ class LiteRatio(RatioEstimator):
                          channels=channels, channel_mult=list(channel_mult))
         emb_ch = 4 * channels
         self.map_noise = PositionalEmbedding(channels)
+        if label_dim:
+            self.args["label_dim"] = label_dim
+            self.map_label = Linear(label_dim, channels)
         self.map_layer0 = Linear(channels, emb_ch)
         self.map_layer1 = Linear(emb_ch, emb_ch)
         self.enc = nn.ModuleDict()

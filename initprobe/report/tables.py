@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..runio import read_jsonl
-from ..schema import COLUMNS, frame
+from ..schema import COLUMNS, frame, split_class
 
 ABLATION_KEYS = ("interpolate", "transfer_layers", "reinit", "shuffle", "freeze")  # build order
 BOOKKEEPING = ("kind", "step", "images_seen")
@@ -80,8 +80,9 @@ def collect_runs(root: str | Path) -> pd.DataFrame:
 
 def learning_curves(root: str | Path) -> pd.DataFrame:
     """Every evaluation of every run in the shared long-form schema (`initprobe.schema`), plus
-    `images_seen` and `step` columns; a point logged twice (a run resumed after a crash between
-    its evaluation and its checkpoint) keeps its last value."""
+    `images_seen`, `step` and `label` columns (the class of a conditional run's per-class
+    metric, else empty); a point logged twice (a run resumed after a crash between its
+    evaluation and its checkpoint) keeps its last value."""
     rows = []
     for name, path, cfg in _runs(Path(root)):
         ident = {"run": name, "init": cfg.get("init"), "objective": cfg.get("objective"),
@@ -89,8 +90,11 @@ def learning_curves(root: str | Path) -> pd.DataFrame:
         for r in read_jsonl(path / "metrics.jsonl"):
             if r.get("kind") == "eval":
                 rows += [{**ident, "images_seen": r["images_seen"], "step": r["step"],
-                          "metric": k, "value": v} for k, v in _values(r).items()]
+                          "metric": split_class(k)[0], "value": v, "label": split_class(k)[1]}
+                         for k, v in _values(r).items()]
     if not rows:
-        return pd.DataFrame(columns=[*COLUMNS, "images_seen", "step"])
+        return pd.DataFrame(columns=[*COLUMNS, "images_seen", "step", "label"])
     df = frame(rows)
-    return df.drop_duplicates(["run", "images_seen", "metric"], keep="last").reset_index(drop=True)
+    df["label"] = df["label"].astype("Int64")
+    return df.drop_duplicates(["run", "images_seen", "metric", "label"],
+                              keep="last").reset_index(drop=True)

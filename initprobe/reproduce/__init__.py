@@ -1,4 +1,5 @@
-"""Reproducing the claims C1-C11 (docs/science.md) from configs in `experiments/`.
+"""Reproducing the claims C1-C11 (docs/science.md) and C12 (C1 class-conditional) from configs in
+`experiments/`.
 
 - `config`: profiles.toml and one validated TOML file per study (runs, budget, seeds,
   measurements, verdict rules);

@@ -21,7 +21,11 @@ A study file (`c1_teacher_vs_random.toml`) states `claim` (`C1`), `statement`, `
 (each a one-step run: objective, init and ablation options of `OneStepConfig`; `transfer_from =
 "other"` names the profile's other teacher), `[measure.<name>]` (the measurements of
 `measures.MEASUREMENTS` with their options), `[[rules]]` (verdict rules, `rules.RULES`) and
-optionally `report` (metrics tabulated per group in findings.md).
+optionally `report` (metrics tabulated per group in findings.md). `labels = true` makes a
+class-conditional study: its students are G(z, y) (`OneStepConfig.labels`) from the profile's
+teacher options trained with labels (the workspace's `labels` teacher, its own folder; no gate);
+it measures `quality` only (the other measurements read the profile's unconditional teacher),
+and a profile whose teacher is a given checkpoint cannot run it.
 
 Every mistake raises `UserError` naming the file and the key.
 """
@@ -55,8 +59,11 @@ FEATURES = ("classifier", "inception")
 GATE_DEFAULTS = {"n": 1000, "heun_steps": 18, "max_fd_ratio": 3.0, "max_kid_ratio": None,
                  "min_classes": 10, "max_class_kl": 0.05, "min_confidence_ratio": 0.95}
 MEASURE_DEFAULTS = {"n": 500, "n_images": 256}
-STUDY_KEYS = ("claim", "statement", "method", "profiles", "runs", "measure", "rules", "report")
+STUDY_KEYS = ("claim", "statement", "method", "profiles", "runs", "measure", "rules", "report",
+              "labels")
+LABELLED_MEASURES = ("quality",)    # what a class-conditional study may measure
 OTHER = "other"
+LABELS = "labels"                   # the teacher role of class-conditional studies
 NOT_APPLICABLE = "not_applicable"   # [profiles.<name>] of a study the profile cannot test
 _CLAIM = re.compile(r"^C\d+$")
 _LABEL = re.compile(r"^[A-Za-z0-9][\w.+-]*$")
@@ -185,6 +192,7 @@ class Study:
     rules: list[dict]
     report: list[str] = field(default_factory=list)
     budgets: list[int] = field(default_factory=list)   # verdicts at these images seen
+    labels: bool = False            # class-conditional students from a labelled teacher
 
 
     @property
@@ -202,7 +210,8 @@ class Study:
         return {m for name in self.measure for m in MEASUREMENTS[name].metrics}
 
     def key(self) -> dict:
-        return {k: getattr(self, k) for k in ("claim", "images", "seeds", "runs", "measure")}
+        key = {k: getattr(self, k) for k in ("claim", "images", "seeds", "runs", "measure")}
+        return {**key, "labels": True} if self.labels else key
 
 
 def _check_run(where: _Where, label: str, run: dict, student: dict) -> None:
@@ -305,18 +314,27 @@ def load_study(path: Path, profile: Profile) -> Study | None:
     where.check(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)
                 and len(set(seeds)) == len(seeds), f"profiles.{profile.name}.seeds",
                 "must be a list of distinct integers")
+    labels = doc.get("labels", False)
+    where.check(isinstance(labels, bool), "labels", f"must be true or false, got {labels!r}")
+    where.check(not labels or CHECKPOINT not in profile.teacher, "labels",
+                f"profile {profile.name} starts from a given checkpoint; a conditional study "
+                f"needs a teacher trained here (mark the profile not_applicable)")
     for label, run in runs.items():
-        _check_run(where, label, where.table(run, f"runs.{label}"), profile.student)
+        _check_run(where, label, where.table(run, f"runs.{label}"),
+                   {**profile.student, "labels": True} if labels else profile.student)
         if run.get("transfer_from") == OTHER:
             where.check(profile.other_teacher is not None, f"runs.{label}.transfer_from",
                         f"profile {profile.name} has no other_teacher")
     measure = where.table(doc.get("measure", {}), "measure")
     where.check(bool(measure), "measure", "missing; give at least one [measure.<name>]")
     measure = {name: _check_measure(where, name, opts, runs) for name, opts in measure.items()}
+    where.check(not labels or set(measure) <= set(LABELLED_MEASURES), "measure",
+                f"a conditional study (labels = true) measures {', '.join(LABELLED_MEASURES)} "
+                f"only")
     budgets = sorted({b for b in profile.student.get("eval_at", []) if b < images}
                      | ({int(images)} if runs else set()))
     study = Study(path, profile.name, doc["claim"], doc["statement"], doc["method"], int(images),
-                  seeds, runs, measure, [], list(doc.get("report", [])), budgets)
+                  seeds, runs, measure, [], list(doc.get("report", [])), budgets, labels)
     rules = doc.get("rules", [])
     where.check(isinstance(rules, list) and rules, "rules", "missing; give at least one "
                                                             "[[rules]]")

@@ -57,7 +57,8 @@ from ..train.verifier import importance_resample, ratio_logits
 from .memory import peak_bytes
 
 QUALITY = ("fd_classifier", "kid_classifier", "precision", "recall", "density", "coverage",
-           "classes_covered", "class_entropy", "class_kl_uniform", "mean_confidence")
+           "classes_covered", "class_entropy", "class_kl_uniform", "mean_confidence",
+           "label_accuracy")   # label_accuracy: class-conditional runs only
 BANDS = ("low", "mid", "high")
 COLUMNS = ["group", "seed", "x", "metric", "value"]
 

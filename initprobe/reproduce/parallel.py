@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..train.onestep import OneStepConfig
-from .config import OTHER, Study
+from .config import LABELS, OTHER, Study
 from .measures import MEASUREMENTS
 from .runner import missing_measurements, study_dir
 from .workspace import StudyRuns, Workspace, finished, run_job, run_line, teacher_job
@@ -34,7 +34,9 @@ def pending(ws: Workspace, studies: list[Study]
         todo = missing_measurements(study, study_dir(ws, study))
         if not study.runs or not any(MEASUREMENTS[m].needs_runs for m in todo):
             continue
-        roles = roles or ["main"]
+        roles = roles or ["main"]   # the gate's teacher, always
+        if study.labels and LABELS not in roles:
+            roles.append(LABELS)
         if OTHER not in roles and any(r.get("transfer_from") == OTHER
                                       for r in study.runs.values()):
             roles.append(OTHER)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..runio import atomic_write_text
-from .config import Study, digest
+from .config import LABELS, Study, digest
 from .figures import copy_samples, draw_study
 from .measures import MEASUREMENTS
 from .workspace import StudyRuns, Workspace
@@ -47,7 +47,8 @@ class StudyResult:
 
 def _sample_grids(ws: Workspace, sr: StudyRuns) -> dict[str, Path]:
     """Sample grids to show: the teacher's, and the first seed's final grid of each run."""
-    grids = {f"teacher-{name}": ws.teacher_dir() / "samples" / f"{name}.png"
+    role = LABELS if sr.study.labels else "main"
+    grids = {f"teacher-{name}": ws.teacher_dir(role) / "samples" / f"{name}.png"
              for name in ("heun", "one-step")}
     seed = sr.study.seeds[0]
     grids.update({label: sr.dir(label, seed) / "samples" / "final.png" for label in sr.configs})

@@ -1,7 +1,8 @@
 """A profile's working folder: its teachers, its student runs and the inputs measurements share.
 
 Layout under the root (`--out`/<profile>):
-    teachers/<data>-<preset>-<hash>/   the teacher (and the other-data teacher), train_teacher runs;
+    teachers/<data>-<preset>-<hash>/   the teacher (and the other-data teacher, and the labelled
+        teacher of class-conditional studies: its hash covers `labels`), train_teacher runs;
         a given checkpoint teacher (`teacher.checkpoint`) is read where it lies and its folder
         teachers/checkpoint-<name>-<hash>/ holds only its gate numbers
     runs/<objective>-<init>-<hash>/seed<N>/   one-step students, train_onestep runs
@@ -30,7 +31,7 @@ from ..train.loop import pick_device, to_plain
 from ..train.onestep import OneStepConfig, build_generator, resolve_config, train_onestep
 from ..train.speed import Speed
 from ..train.teacher import TeacherConfig, train_teacher
-from .config import CHECKPOINT, OTHER, Profile, Study, digest
+from .config import CHECKPOINT, LABELS, OTHER, Profile, Study, digest
 
 
 def finished(run_dir: Path, images: int) -> bool:
@@ -93,6 +94,8 @@ class Workspace:
                 self.log(f"  note: {notes[-1]}")
                 options = {**options, "data_path": None, **fallback}
             out[OTHER] = options
+        if CHECKPOINT not in p.teacher:   # conditional studies: the same teacher with labels
+            out[LABELS] = {**out["main"], "labels": True}
         return out, notes
 
     @property
@@ -138,13 +141,18 @@ class Workspace:
             self.log(f"  {role} teacher done in {teacher_job(cfg, out, str(self.device)):.0f} s")
         return str(out)
 
-    def student_config(self, run: dict, images: int, seed: int) -> OneStepConfig:
+    def student_config(self, run: dict, images: int, seed: int,
+                       labels: bool = False) -> OneStepConfig:
+        """A run's config; `labels`: a class-conditional student of the labelled teacher."""
         options = dict(run)
         if options.get("transfer_from") == OTHER:
             options["transfer_from"] = self.teacher_source(OTHER)
+        if labels:
+            options["labels"] = True
         p = self.profile
+        teacher = self.teacher_source(LABELS if labels else "main")
         # resolved (defaults such as lr_aux filled in) so the run folder's hash is final
-        return resolve_config(OneStepConfig(teacher=self.teacher_source(), data=p.data,
+        return resolve_config(OneStepConfig(teacher=teacher, data=p.data,
                                             data_path=p.data_path, images=images, seed=seed,
                                             **p.student, **options))
 
@@ -207,7 +215,7 @@ class StudyRuns:
 
     @cached_property
     def configs(self) -> dict[str, dict[int, OneStepConfig]]:
-        return {label: {s: self.ws.student_config(run, self.study.images, s)
+        return {label: {s: self.ws.student_config(run, self.study.images, s, self.study.labels)
                         for s in self.study.seeds} for label, run in self.study.runs.items()}
 
     def items(self):
@@ -221,7 +229,7 @@ class StudyRuns:
 
     def train_all(self) -> None:
         """Train the teachers the runs need, then every run (finished runs are skipped)."""
-        self.ws.ensure_teacher()
+        self.ws.ensure_teacher(LABELS if self.study.labels else "main")
         if any(run.get("transfer_from") == OTHER for run in self.study.runs.values()):
             self.ws.ensure_teacher(OTHER)
         for label, _, cfg in self.items():

@@ -11,6 +11,7 @@ The target network is the current student under stop-gradient (mu = 0, as improv
 training recommends), not an EMA copy, so the objective keeps no state of its own.
 Distance (option `distance`): `l2` (squared, mean over pixels; default) or `huber`
 (pseudo-Huber sqrt(||d||^2 + c^2) - c with c = 0.00054 sqrt(dim), per image).
+A class-conditional run calls the student and the teacher with the real images' own labels.
 The one-step sample stays G(z) = D(sigma_max z; sigma_max) = f(80 z, 80); CD never uses it.
 """
 
@@ -20,6 +21,7 @@ import torch
 
 from ..diffusion import karras_sigmas
 from ..errors import UserError
+from ..nets.labels import bind
 from .auxnet import check_options, global_randn, option
 from .loop import Dist
 from .objectives import Objective
@@ -73,12 +75,14 @@ class ConsistencyDistillation(Objective):
         self.sigmas = karras_sigmas(scales).float().to(device)
         self.ddp = Dist()
 
-    def generator_loss(self, gen, fake, z, real, g, step):
+    def generator_loss(self, gen, fake, z, real, g, step, labels=None):
         n = len(real)
+        y = None if labels is None else labels.real
+        gen, teacher = bind(gen, y), bind(self.teacher, y)
         i = self.ddp.shard(torch.randint(len(self.sigmas) - 1, (n * self.ddp.world,),
                                          generator=g)).to(real.device)
         t_hi, t_lo = self.sigmas[i], self.sigmas[i + 1]
         x_hi = real + t_hi.reshape(-1, 1, 1, 1) * global_randn(g, real.shape, real.device)
-        target = cd_target(gen, self.teacher, x_hi, t_hi, t_lo)
+        target = cd_target(gen, teacher, x_hi, t_hi, t_lo)
         loss = distance(gen(x_hi, t_hi), target, self.distance).mean()
         return loss, {"loss_g": float(loss.detach())}

@@ -11,6 +11,10 @@
   measures sample quality (features the generator is trained against would flatter the metric).
 - P_s: frozen random 1x1 projections (Projected GAN's cross-channel mixing), stored as buffers;
 - head_s: the only trainable part, conv3x3 - LeakyReLU(0.2) - conv1x1, one logit per patch.
+Class-conditional (`num_classes > 0`): a projection discriminator (Miyato & Koyama 2018) on each
+head: logit_s + <embed_s(y), the head's hidden features averaged over positions>, with embed_s a
+bias-free Linear on the one-hot label (a class embedding table). The frozen features stay
+label-free (a conditional teacher's tap sees no labels: its unconditional, label-dropout mode).
 GDD uses ImageNet-pretrained VGG16-BN and EfficientNet features, which are not available offline.
 """
 
@@ -86,7 +90,7 @@ class Discriminator(nn.Module):
     (patch logits averaged over positions, then over scales)."""
 
     def __init__(self, tap: FeatureTap, data_shape: tuple, device, channels: int = 64,
-                 seed: int = 0):
+                 seed: int = 0, num_classes: int = 0):
         super().__init__()
         self.tap = tap
         with torch.no_grad():
@@ -99,12 +103,21 @@ class Discriminator(nn.Module):
             nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(0.2),
                           nn.Conv2d(channels, 1, 1))
             for _ in shapes).to(device)
+        if num_classes:
+            self.embeds = nn.ModuleList(nn.Linear(num_classes, channels, bias=False)
+                                        for _ in shapes).to(device)
 
     def projections(self) -> list[torch.Tensor]:
         return [getattr(self, f"proj{i}") for i in range(len(self.heads))]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.tap(x)
-        logits = [head(F.conv2d(f, p.to(f.dtype))).float().mean(dim=(1, 2, 3))
-                  for f, p, head in zip(feats, self.projections(), self.heads)]
+    def forward(self, x: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """One logit per image; `class_labels` (one-hot) for a conditional discriminator."""
+        logits = []
+        for i, (f, p, head) in enumerate(zip(self.tap(x), self.projections(), self.heads)):
+            hidden = head[1](head[0](F.conv2d(f, p.to(f.dtype))))
+            logit = head[2](hidden).float().mean(dim=(1, 2, 3))
+            if class_labels is not None:
+                embed = self.embeds[i](class_labels.to(hidden.dtype))
+                logit = logit + (embed * hidden.mean(dim=(2, 3))).float().sum(1)
+            logits.append(logit)
         return torch.stack(logits).mean(0)

@@ -19,9 +19,10 @@ respect to x is grad / B and flows into the generator through x.
 
 Objective options: `p_mean`, `p_std` (sigma of the fake-score updates, default EDM's log-normal),
 `gen_p_mean`, `gen_p_std` (sigma of the generator updates, default the same), `weighting`.
-Under the loop's bf16 autocast both denoisers run in bf16; their outputs are cast to float32
-before the difference is taken. The teacher is held outside the module tree, so checkpoints
-store only the fake-score network.
+A class-conditional run calls the teacher and the fake score (a copy of the conditional teacher)
+with the labels the fake batch was generated for. Under the loop's bf16 autocast both denoisers
+run in bf16; their outputs are cast to float32 before the difference is taken. The teacher is
+held outside the module tree, so checkpoints store only the fake-score network.
 """
 
 import copy
@@ -30,6 +31,7 @@ import torch
 
 from ..diffusion import edm_loss
 from ..errors import UserError
+from ..nets.labels import bind
 from .auxnet import (
     SIGMA_OPTIONS,
     LogNormalSigma,
@@ -81,24 +83,27 @@ class DMD(Objective):
         self.fake_score = fake_score.to(device).train().requires_grad_(True)
         self.opt = adam(self.fake_score.parameters(), cfg)
 
-    def aux_step(self, fake, real, g, step):
+    def aux_step(self, fake, real, g, step, labels=None):
         x = fake.detach()
         sigma = self.aux_sigma.sample(len(x), g, x.device)
-        loss = edm_loss(self.fake_score, x, sigma, global_randn(g, tuple(x.shape), x.device))
+        y = None if labels is None else labels.fake
+        noise = global_randn(g, tuple(x.shape), x.device)
+        loss = edm_loss(bind(self.fake_score, y), x, sigma, noise)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         sync_gradients(self.fake_score)
         self.opt.step()
         return {"fake_score_loss": float(loss.detach())}
 
-    def generator_loss(self, gen, fake, z, real, g, step):
+    def generator_loss(self, gen, fake, z, real, g, step, labels=None):
         x = fake
+        y = None if labels is None else labels.fake
         sigma = self.gen_sigma.sample(len(x), g, x.device)
         with torch.no_grad():
             x_t = x.detach() + sigma.reshape(-1, 1, 1, 1) * global_randn(g, tuple(x.shape),
                                                                           x.device)
-            d_real = self.teacher(x_t, sigma).float()
-            d_fake = self.fake_score(x_t, sigma).float()
+            d_real = bind(self.teacher, y)(x_t, sigma).float()
+            d_fake = bind(self.fake_score, y)(x_t, sigma).float()
             grad = dmd_direction(x.detach(), d_fake, d_real, sigma, self.weighting)
         loss = 0.5 * (x - (x.detach() - grad)).square().sum() / len(x)
         return loss, {"dmd_grad_norm": float(grad.flatten(1).norm(dim=1).mean())}

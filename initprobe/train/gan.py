@@ -9,7 +9,9 @@
 The discriminator (`initprobe.train.discriminator`) uses `cfg.disc_features` ('teacher': the
 teacher's encoder at `cfg.disc_sigma`; 'classifier': a domain classifier) and the objective option
 `disc_channels` (width of projections and heads, default 64). Adam with `cfg.lr_aux`,
-`cfg.betas` (default (0, 0.99) as in GDD). Under torchrun the heads' gradients are averaged
+`cfg.betas` (default (0, 0.99) as in GDD). A class-conditional run (`cfg.labels`) uses the
+conditional projection discriminator: reals with their own labels, fakes with the labels they
+were generated for. Under torchrun the heads' gradients are averaged
 across ranks before each step (`auxnet.sync_gradients`).
 """
 
@@ -19,6 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..data import load_dataset
 from ..measure.features import load_or_train
+from ..nets.labels import label_dim
 from .auxnet import adam, check_options, option, sync_gradients
 from .discriminator import CLASSIFIER_SEED, Discriminator, classifier_tap, teacher_tap
 from .objectives import Objective
@@ -57,14 +60,17 @@ class GAN(Objective):
             classifier, _ = load_or_train(train, test, seed=CLASSIFIER_SEED, progress=False)
             tap = classifier_tap(classifier.to(device))
         channels = option(cfg, "disc_channels", 64, int)
-        self.disc = Discriminator(tap, data_shape, device, channels=channels, seed=cfg.seed)
+        classes = label_dim(teacher) if getattr(cfg, "labels", False) else 0
+        self.disc = Discriminator(tap, data_shape, device, channels=channels, seed=cfg.seed,
+                                  num_classes=classes)
         self.r1_gamma, self.r1_interval = cfg.r1_gamma, cfg.r1_interval
         self.opt = adam(self.disc.parameters(), cfg)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"disc": self.opt}
 
-    def aux_step(self, fake, real, g, step):
+    def aux_step(self, fake, real, g, step, labels=None):
+        y_fake, y_real = labels if labels is not None else (None, None)
         regularize = self.r1_gamma > 0 and step % self.r1_interval == 0
         logs = {}
         if regularize:
@@ -72,12 +78,12 @@ class GAN(Objective):
             # R1 differentiates twice; fused attention kernels (diffusers feature networks) have
             # no second derivative, so this pass uses the plain math implementation.
             with torch.autocast(real.device.type, enabled=False), sdpa_kernel(SDPBackend.MATH):
-                real_logits = self.disc(real)
+                real_logits = self.disc(real, y_real)
                 r1 = r1_penalty(real_logits, real)
             logs["r1"] = float(r1.detach())
         else:
-            real_logits = self.disc(real)
-        fake_logits = self.disc(fake.detach())
+            real_logits = self.disc(real, y_real)
+        fake_logits = self.disc(fake.detach(), y_fake)
         loss = d_loss(real_logits, fake_logits)
         logs.update(loss_d=float(loss.detach()), d_real=float(real_logits.detach().mean()),
                     d_fake=float(fake_logits.detach().mean()))
@@ -89,10 +95,10 @@ class GAN(Objective):
         self.opt.step()
         return logs
 
-    def generator_loss(self, gen, fake, z, real, g, step):
-        self.disc.heads.requires_grad_(False)
+    def generator_loss(self, gen, fake, z, real, g, step, labels=None):
+        self.disc.requires_grad_(False)
         try:
-            loss = g_loss(self.disc(fake))
+            loss = g_loss(self.disc(fake, None if labels is None else labels.fake))
         finally:
-            self.disc.heads.requires_grad_(True)
+            self.disc.requires_grad_(True)
         return loss, {"loss_g": float(loss.detach())}

@@ -35,6 +35,7 @@ from ..runio import atomic_save, atomic_write_json, remove_orphans, truncate_jso
 from ..runlock import RunLock
 
 KEEP_CHECKPOINTS = 2
+LABEL_KEYS = ("labels", "label_dropout")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -105,7 +106,13 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, batch: int, halflife_
 
 
 def to_plain(cfg) -> dict:
-    return json.loads(json.dumps(asdict(cfg) if is_dataclass(cfg) else cfg, default=str))
+    """A config as JSON values. The label options (`labels`, `label_dropout`) appear only when
+    `labels` is on, so unconditional configs (config.json on resume, folder hashes) read as they
+    did before labels existed."""
+    out = json.loads(json.dumps(asdict(cfg) if is_dataclass(cfg) else cfg, default=str))
+    if isinstance(out, dict) and out.get("labels") is False:
+        out = {k: v for k, v in out.items() if k not in LABEL_KEYS}
+    return out
 
 
 def diverged(step: int, what: str, run: "RunDir") -> UserError:

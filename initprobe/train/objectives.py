@@ -6,18 +6,31 @@ estimator, fake-score network) and their optimizers. Each training step the loop
 
 1. draws real images `real`, latents `z` and a step generator `g` (all global-batch slices),
 2. computes `fake = sample_fn(gen, z)` (the one- or two-step map) without gradient and calls
-   `objective.aux_step(fake, real, g, step)` to update the auxiliary networks,
+   `objective.aux_step(fake, real, g, step, labels)` to update the auxiliary networks,
 3. computes `fake = sample_fn(gen, z)` with gradient and back-propagates
-   `objective.generator_loss(gen, fake, z, real, g, step)` into the generator.
+   `objective.generator_loss(gen, fake, z, real, g, step, labels)` into the generator.
+
+`labels` is None for an unconditional run; for a class-conditional one (`--labels`) it holds the
+one-hot labels of the fake batch (drawn at the data's class frequencies; the generator made the
+fake batch with them) and of the real batch (the images' own), and each objective conditions its
+auxiliary networks and teacher calls on them (`Labels`).
 
 `generator_loss` returns a scalar *surrogate*: only its gradient with respect to the generator's
 parameters is meaningful (auxiliary networks must not accumulate gradients from it).
 """
 
 import importlib
+from typing import NamedTuple
 
 import torch
 from torch import nn
+
+
+class Labels(NamedTuple):
+    """One-hot class labels of a step's fake and real batches (a conditional run)."""
+
+    fake: torch.Tensor
+    real: torch.Tensor
 
 
 class Objective(nn.Module):
@@ -26,13 +39,13 @@ class Objective(nn.Module):
     name = ""
 
     def aux_step(self, fake: torch.Tensor, real: torch.Tensor, g: torch.Generator,
-                 step: int) -> dict[str, float]:
+                 step: int, labels: Labels | None = None) -> dict[str, float]:
         """Update the auxiliary networks on a detached fake batch; returns logged scalars."""
         return {}
 
     def generator_loss(self, gen: nn.Module, fake: torch.Tensor, z: torch.Tensor,
-                       real: torch.Tensor, g: torch.Generator,
-                       step: int) -> tuple[torch.Tensor, dict[str, float]]:
+                       real: torch.Tensor, g: torch.Generator, step: int,
+                       labels: Labels | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def aux_state(self) -> dict:

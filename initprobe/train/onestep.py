@@ -17,6 +17,14 @@ Evaluation (rank 0): at the start, every `eval_every` images, at the first step 
 domain classifier (`measure.features.load_or_train`, `eval_classifier_steps`). metrics.jsonl holds
 `kind: "train"` lines (losses, images/s) and `kind: "eval"` lines (fd_classifier, precision, ...).
 
+Class-conditional (`labels`, a conditional teacher): the generator is the teacher's network, so
+G(z, y) = D(s z; s, y), with its label dropout off. Each step draws the fake batch's labels at the
+data's class frequencies (the labels of random training images, from the step's own generator
+stream 3, so an unconditional run draws exactly what it drew before); the objective gets them and
+the real batch's own labels (`objectives.Labels`). Evaluation sample i gets a label drawn at the
+class frequencies from its seed alone (`nets.labels.seed_labels`); sample grids cycle the classes,
+one per column.
+
 Distributed (torchrun): the generator is wrapped in DistributedDataParallel, and objectives get
 the wrapped module as `gen`, so any generator evaluation they make is synchronized; every step
 draws the global batch and each rank keeps its slice (`loop.Dist`); objectives draw their own
@@ -26,6 +34,7 @@ process with batch B. On CUDA the forward
 passes run under bf16 autocast.
 """
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,6 +48,7 @@ from ..errors import UserError
 from ..measure.extractors import weights_hash
 from ..nets.diffusers_adapter import DiffusersDenoiser, describe
 from ..nets.io import dataset_for_network, ema_copy, load_network
+from ..nets.labels import bind, class_labels, label_dim, one_hot
 from ..nets.precond import Denoiser
 from ..report.images import save_grid
 from ..runio import append_jsonl, read_jsonl
@@ -53,7 +63,7 @@ from .loop import (
     to_plain,
     update_ema,
 )
-from .objectives import objective_class
+from .objectives import Labels, objective_class
 from .speed import Speed, apply_speed
 
 GEN_PRECONDS = ("edm", "edm-eps")
@@ -108,6 +118,7 @@ class OneStepConfig:
     eval_classifier_steps: int = 1500
     ckpt_every: int = 500           # steps
     log_every: int = 25             # steps
+    labels: bool = False            # class-conditional G(z, y): needs a conditional teacher
     unet: dict = field(default_factory=dict)   # the teacher's architecture (filled in)
 
 
@@ -170,6 +181,9 @@ def _load_teacher(cfg: OneStepConfig, dev) -> Denoiser | DiffusersDenoiser:
         cfg.unet, cfg.precond = describe(teacher)["unet"], "diffusers"
     else:
         cfg.unet = teacher.cfg.to_dict()
+    _check(not cfg.labels or label_dim(teacher) > 0,
+           f"--labels: the teacher {cfg.teacher} is unconditional (no class embedding); train "
+           f"one with train-teacher --labels, or leave --labels out")
     return teacher.to(dev).eval().requires_grad_(False)
 
 
@@ -185,6 +199,8 @@ def build_generator(cfg: OneStepConfig, teacher: Denoiser | DiffusersDenoiser) -
                               interpolate=cfg.interpolate, freeze=cfg.freeze)
     if isinstance(gen, Denoiser):
         gen.precond = cfg.precond
+        if gen.cfg.label_dim:   # G(z, y) always sees its label
+            gen.model.cfg = dataclasses.replace(gen.cfg, label_dropout=0.0)
     return gen.train(), records
 
 
@@ -267,15 +283,24 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
     step = _restore(run, gen, ema, opt, objective)
     apply_speed(speed, dev, gen, teacher)
     teacher_changes = _teacher_check(run, step, allow_teacher_change)
-    evaluate = Evaluator(cfg, data, dev) if ddp.main and cfg.eval_n else None
+    classes = label_dim(gen) if cfg.labels else 0
+    onehot = one_hot(data.labels, classes, dev) if classes else None
+    evaluate = Evaluator(cfg, data, dev, classes) if ddp.main and cfg.eval_n else None
     sample = generator_map(cfg)
+
+    def grid(name: str):   # a conditional generator's grid: one class per column
+        y = one_hot(class_labels(gen, f"0-{classes - 1}", range(GRID)), classes) if classes \
+            else None
+        save_grid(samples(sample, ema, range(GRID), data.shape, dev, y), run.samples / name,
+                  classes or None)
+
     if ddp.main:
         run.write_config()
         if teacher_changes:
             run.update_config(**teacher_changes)
         run.resume_metrics(step)
         if step == 0:
-            save_grid(samples(sample, ema, range(GRID), data.shape, dev), run.samples / "init.png")
+            grid("init.png")
     model = torch.nn.parallel.DistributedDataParallel(gen) if ddp.on else gen
     total = -(-cfg.images // cfg.batch)
     meta = dict(kind="student", objective=cfg.objective, init=records, data=cfg.data,
@@ -301,13 +326,21 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
         z = ddp.shard(torch.randn(cfg.batch, *data.shape, generator=g)).to(dev)
         real = images[idx.to(dev)]
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)) + ddp.rank)  # dropout
+        labels = None
+        if onehot is not None:   # the fake batch's labels: those of random training images
+            pick = torch.randint(len(images), (cfg.batch,), generator=step_generator(
+                cfg.seed, step, 3))
+            labels = Labels(fake=onehot[ddp.shard(pick).to(dev)], real=onehot[idx.to(dev)])
+        net = model if labels is None else bind(model, labels.fake)
         with autocast(dev):
             with torch.no_grad():
-                fake = sample(model, z)
-            logs = objective.aux_step(fake, real, step_generator(cfg.seed, step, 1), step)
-            fake = sample(model, z)
+                fake = sample(net, z)
+            logs = objective.aux_step(fake, real, step_generator(cfg.seed, step, 1), step,
+                                      labels)
+            fake = sample(net, z)
             loss, gen_logs = objective.generator_loss(model, fake, z, real,
-                                                      step_generator(cfg.seed, step, 2), step)
+                                                      step_generator(cfg.seed, step, 2), step,
+                                                      labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -332,5 +365,5 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
         ddp.barrier()
     bar.close()
     if ddp.main:
-        save_grid(samples(sample, ema, range(GRID), data.shape, dev), run.samples / "final.png")
+        grid("final.png")
     return record or (read_jsonl(run.metrics) or [{}])[-1]

@@ -31,6 +31,10 @@ Objectives (see `initprobe.nets.ratio_estimators` for the networks):
   network (default width max(8, teacher width / 4); a few percent of the teacher's parameters);
   the DiffRatio paper uses reverse KL (`--divergence kl`, the default).
 
+Class-conditional runs (`cfg.labels`): the estimator is d(x_t, sigma, y), trained on noised fakes
+with the labels they were generated for and noised reals with their own labels, so it estimates
+log p_student(x_t | y) - log p_data(x_t | y); the generator update uses the fakes' labels.
+
 Learning rate: on digits the loop's default `--lr-aux 1e-4` leaves the estimator near chance
 for hundreds of steps while Adam still moves the generator at full step size along its small,
 noisy gradient; `--lr-aux 1e-3` trained both objectives well in 400-step digits runs.
@@ -48,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..nets.labels import label_dim
 from ..nets.precond import Denoiser
 from ..nets.ratio_estimators import (
     EncoderRatio,
@@ -108,11 +113,12 @@ class RatioObjective(Objective):
         sigma = dist.sample(len(x), g, x.device)
         return x + _bcast(sigma) * global_randn(g, tuple(x.shape), x.device), sigma
 
-    def aux_step(self, fake, real, g, step):
+    def aux_step(self, fake, real, g, step, labels=None):
+        y_fake, y_real = labels if labels is not None else (None, None)
         fake_t, sigma_f = self.noised(fake.detach(), self.aux_sigma, g)
         real_t, sigma_r = self.noised(real, self.aux_sigma, g)
-        d_fake = self.estimator(fake_t, sigma_f).float()
-        d_real = self.estimator(real_t, sigma_r).float()
+        d_fake = self.logit(fake_t, sigma_f, y_fake).float()
+        d_real = self.logit(real_t, sigma_r, y_real).float()
         loss = logistic_loss(d_fake, d_real)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -122,21 +128,30 @@ class RatioObjective(Objective):
         return {"ratio_loss": float(loss.detach()), "d_fake": float(d_fake.detach().mean()),
                 "d_real": float(d_real.detach().mean()), "ratio_acc": float(acc)}
 
-    def generator_loss(self, gen, fake, z, real, g, step):
+    def generator_loss(self, gen, fake, z, real, g, step, labels=None):
         x_t, sigma = self.noised(fake, self.gen_sigma, g)
-        grad, d, h = self.weighted_grad(x_t.detach(), sigma)
+        grad, d, h = self.weighted_grad(x_t.detach(), sigma,
+                                        None if labels is None else labels.fake)
         surrogate = (grad * x_t).sum()
         return surrogate, {"d_gen": float(d.mean()), "h_mean": float(h.mean()),
                            "grad_norm": float(grad.flatten(1).norm(dim=1).mean() * len(x_t))}
 
-    def weighted_grad(self, x_t: torch.Tensor, sigma: torch.Tensor):
+    def weighted_grad(self, x_t: torch.Tensor, sigma: torch.Tensor,
+                      class_labels: torch.Tensor | None = None):
         """grad_x of mean_i h_i d(x_t,i) with h held fixed, plus d and h (all detached)."""
         x = x_t.detach().requires_grad_(True)
         with torch.enable_grad():
-            d = self.estimator(x, sigma).float()
+            d = self.logit(x, sigma, class_labels).float()
             h = divergence_weight(d.detach(), self.divergence)
             (grad,) = torch.autograd.grad((h * d).sum() / len(x), x)
         return grad, d.detach(), h
+
+    def logit(self, x_t: torch.Tensor, sigma: torch.Tensor,
+              class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """d(x_t, sigma), or d(x_t, sigma, y) in a class-conditional run."""
+        if class_labels is None:
+            return self.estimator(x_t, sigma)
+        return self.estimator(x_t, sigma, class_labels)
 
     def optimizers(self):
         return {"estimator": self.opt}
@@ -188,7 +203,8 @@ class DiffRatio(RatioObjective):
             if channels < 4:
                 raise UserError(f"objective option ratio_channels must be >= 4, got {channels}")
             c, res, _ = data_shape
-            estimator = LiteRatio(c, res, channels, teacher.cfg.channel_mult)
+            classes = label_dim(teacher) if getattr(cfg, "labels", False) else 0
+            estimator = LiteRatio(c, res, channels, teacher.cfg.channel_mult, classes)
         super().__init__(estimator, teacher, cfg, device, SIGMA_OPTIONS + ("ratio_channels",))
 
 

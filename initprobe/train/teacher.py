@@ -1,4 +1,14 @@
-"""Teacher training: an EDM denoiser trained with the EDM loss (log-normal sigma), Adam, EMA."""
+"""Teacher training: an EDM denoiser trained with the EDM loss (log-normal sigma), Adam, EMA.
+
+`labels=True` trains a class-conditional teacher: `label_dim` = the data's number of classes, each
+training image's own label one-hot, and `label_dropout` (default 0.1) the probability that a
+sample is shown without its label, so the network also learns the unconditional denoiser
+classifier-free guidance needs (EDM trains its conditional CIFAR-10 networks with 0; 0.1 is Ho &
+Salimans' convention). Both land in the resolved `unet` config, so every checkpoint loads back as a
+conditional network. The label options enter the run's config only when `labels` is on
+(`loop.to_plain`): an unconditional teacher's config, and its folder hash in `reproduce`, read as
+before.
+"""
 
 import math
 import time
@@ -10,11 +20,14 @@ from tqdm.auto import tqdm
 from ..data import load_dataset
 from ..diffusion import edm_loss, generate, latents, sample_sigma
 from ..nets.io import ema_copy
+from ..nets.labels import bind, labels_onehot, one_hot
 from ..nets.precond import Denoiser
 from ..nets.unet import PRESETS, UNetConfig
 from ..report.images import save_grid
 from ..runio import append_jsonl
 from .loop import Dist, RunDir, check_finite, pick_device, step_generator, to_plain, update_ema
+
+DEFAULT_LABEL_DROPOUT = 0.1
 
 
 @dataclass
@@ -37,6 +50,8 @@ class TeacherConfig:
     ckpt_every: int = 1000          # steps
     log_every: int = 50             # steps
     sample_steps: int = 18          # Heun steps for the final sample grid
+    labels: bool = False            # class-conditional (label_dim = the data's classes)
+    label_dropout: float = DEFAULT_LABEL_DROPOUT   # with labels: P(sample shown unlabelled)
     unet: dict = field(default_factory=dict)   # resolved architecture (filled in)
 
 
@@ -64,7 +79,10 @@ def resolve_config(cfg: TeacherConfig) -> TeacherConfig:
         arch["channel_mult"] = list(cfg.channel_mult)
     if cfg.attn_res is not None:
         arch["attn_resolutions"] = list(cfg.attn_res)
-    data = load_dataset(cfg.data, cfg.data_path, size=cfg.size, limit=8)
+    if not 0 <= cfg.label_dropout < 1:
+        raise UserError(f"--label-dropout must lie in [0, 1), got {cfg.label_dropout}")
+    # the labelled teacher needs every label (its number of classes); the shape needs 8 images
+    data = load_dataset(cfg.data, cfg.data_path, size=cfg.size, limit=None if cfg.labels else 8)
     c, h, _ = data.shape
     levels = len(arch["channel_mult"])
     if h % 2 ** (levels - 1):
@@ -76,6 +94,8 @@ def resolve_config(cfg: TeacherConfig) -> TeacherConfig:
     if bad:
         raise UserError(f"--attn-res {bad}: the network's resolutions are {resolutions}")
     cfg.size = h
+    if cfg.labels:
+        arch.update(label_dim=data.num_classes, label_dropout=cfg.label_dropout)
     cfg.unet = UNetConfig(img_resolution=h, in_channels=c, out_channels=c, **arch).to_dict()
     return cfg
 
@@ -95,6 +115,8 @@ def _train(cfg: TeacherConfig, run: RunDir, ddp: Dist, dev: torch.device,
            progress: bool) -> dict:
     data = load_dataset(cfg.data, cfg.data_path, size=cfg.size)
     images = data.images.to(dev)
+    dim = UNetConfig(**cfg.unet).label_dim
+    onehot = one_hot(data.labels, dim, dev) if dim else None
 
     torch.manual_seed(cfg.seed)
     net = Denoiser(UNetConfig(**cfg.unet), cfg.precond).to(dev).train()
@@ -120,7 +142,8 @@ def _train(cfg: TeacherConfig, run: RunDir, ddp: Dist, dev: torch.device,
         sigma = ddp.shard(sample_sigma(cfg.batch, g)).to(dev)
         noise = ddp.shard(torch.randn(cfg.batch, *data.shape, generator=g)).to(dev)
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)) + ddp.rank)  # dropout
-        loss = edm_loss(model, images[idx.to(dev)], sigma, noise)
+        net_b = model if onehot is None else bind(model, onehot[idx.to(dev)])
+        loss = edm_loss(net_b, images[idx.to(dev)], sigma, noise)
         lr = cfg.lr * min(1.0, (step + 1) * cfg.batch / max(cfg.warmup_images, 1))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -147,6 +170,10 @@ def _train(cfg: TeacherConfig, run: RunDir, ddp: Dist, dev: torch.device,
     bar.close()
     if ddp.main:
         z = latents(range(64), data.shape, dev)
-        save_grid(generate(ema, z, "heun", cfg.sample_steps), run.samples / "heun.png")
-        save_grid(generate(ema, z, "one-step"), run.samples / "one-step.png")
+        # a conditional teacher's grids: one class per column (classes 0, 1, ... cycled)
+        y = labels_onehot(ema, f"0-{dim - 1}", range(64), device=dev) if dim else None
+        nrow = dim if dim else None
+        save_grid(generate(ema, z, "heun", cfg.sample_steps, labels=y),
+                  run.samples / "heun.png", nrow)
+        save_grid(generate(ema, z, "one-step", labels=y), run.samples / "one-step.png", nrow)
     return record

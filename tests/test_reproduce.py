@@ -292,7 +292,8 @@ def test_reproduce_runs_a_miniature_study_end_to_end_and_resumes(tmp_path):
     assert res.exit_code == 0, res.output
     fig = tmp_path / "fig"
     for name in ("findings.md", "findings.csv", "README.md", "c1_mini-quality.png",
-                 "c1_mini-cka.png", "samples/teacher-init.png"):
+                 "c1_mini-cka.png", "samples/teacher-heun.png",
+                 "samples/teacher-init-32.png"):
         assert (fig / name).exists(), name
     findings = pd.read_csv(fig / "findings.csv")
     gate, findings = findings[findings["claim"] == "gate"], findings[findings["claim"] != "gate"]

@@ -278,6 +278,11 @@ def draw_study(study, tables: dict, folder: Path, only_missing: bool) -> list[Pa
     return written
 
 
+def short(images: int) -> str:
+    """1000 -> 1k, 100000 -> 100k, 1500 -> 1.5k."""
+    return f"{images / 1000:g}k" if images >= 1000 else str(images)
+
+
 def copy_samples(grids: dict[str, Path], folder: Path) -> None:
     """Copy sample grids (name -> PNG) into `folder/samples/<name>.png`."""
     for name, src in grids.items():

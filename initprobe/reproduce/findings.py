@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..runio import atomic_write_text
-from .figures import figure_files
+from .figures import figure_files, short
 from .gate import GateResult
 from .measures import MEASUREMENTS, QUALITY
 from .rules import Measured, combine, evaluate, fmt
@@ -38,11 +38,6 @@ def _budget(result: StudyResult) -> str:
     if not s.runs:
         return f"teacher only; noise seeds {seeds}"
     return f"{s.images:,} images/run; seeds {seeds}"
-
-
-def short(images: int) -> str:
-    """1000 -> 1k, 100000 -> 100k, 1500 -> 1.5k."""
-    return f"{images / 1000:g}k" if images >= 1000 else str(images)
 
 
 def per_budget(rule: dict, study) -> bool:
@@ -236,8 +231,11 @@ def figures_readme(results: list[StudyResult], command: str) -> str:
                   f"Command: `{command} --only {r.study.claim}`", ""]
         lines += [f"- `{name}`: {caption}" for name, caption in figure_files(r.study)]
         lines.append("")
-    lines += ["Sample grids (`samples/`): the teacher's Heun and one-step outputs and the final "
-              "one-step samples of each run (first seed), seeds 0-63.", ""]
+    lines += ["Sample grids (`samples/`): the teacher's Heun and one-step outputs "
+              "(`teacher-heun.png`, `teacher-one-step.png`; `teacher-labels-*` for the labelled "
+              "teacher) and the final one-step samples of each run (first seed) at its full "
+              "budget (`<run>-<budget>.png`, `cond-` in front for a labelled study), seeds 0-63.",
+              ""]
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..runio import atomic_write_text
 from .config import LABELS, Study, digest
-from .figures import copy_samples, draw_study
+from .figures import copy_samples, draw_study, short
 from .measures import MEASUREMENTS
 from .workspace import StudyRuns, Workspace
 
@@ -46,12 +46,16 @@ class StudyResult:
 
 
 def _sample_grids(ws: Workspace, sr: StudyRuns) -> dict[str, Path]:
-    """Sample grids to show: the teacher's, and the first seed's final grid of each run."""
-    role = LABELS if sr.study.labels else "main"
-    grids = {f"teacher-{name}": ws.teacher_dir(role) / "samples" / f"{name}.png"
+    """Sample grids to show: the teacher's, and the first seed's final grid of each run, named
+    by run and budget (studies share a figures folder; the same run name at another budget, or
+    with labels, is another run)."""
+    role, cond = (LABELS, "cond-") if sr.study.labels else ("main", "")
+    teacher = "teacher-labels" if sr.study.labels else "teacher"
+    grids = {f"{teacher}-{name}": ws.teacher_dir(role) / "samples" / f"{name}.png"
              for name in ("heun", "one-step")}
-    seed = sr.study.seeds[0]
-    grids.update({label: sr.dir(label, seed) / "samples" / "final.png" for label in sr.configs})
+    seed, budget = sr.study.seeds[0], short(sr.study.images)
+    grids.update({f"{cond}{label}-{budget}": sr.dir(label, seed) / "samples" / "final.png"
+                  for label in sr.configs})
     return grids
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from mini_profile import MINI_PROFILE
 from typer.testing import CliRunner
 
 from initprobe.cli import app, register_commands
@@ -24,33 +25,6 @@ from initprobe.reproduce.runner import run_study, study_dir
 from initprobe.reproduce.workspace import StudyRuns, Workspace
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-
-MINI_PROFILE = """
-[mini]
-description = "test"
-data = "digits"
-[mini.teacher]
-preset = "tiny"
-images = 640
-batch = 32
-sample_steps = 2
-[mini.student]
-batch = 16
-eval_n = 10
-eval_every = 64
-eval_at = [16]
-eval_classifier_steps = 20
-[mini.measure]
-n = 12
-n_images = 12
-[mini.gate]                     # a 640-image teacher: only a gate this lenient passes
-n = 20
-heun_steps = 4
-max_fd_ratio = 1e9
-min_classes = 1
-max_class_kl = 10.0
-min_confidence_ratio = 0.0
-"""
 
 STUDY = """
 claim = "C1"

@@ -3,34 +3,10 @@
 from pathlib import Path
 
 import pandas as pd
+from mini_profile import MINI_PROFILE
 from typer.testing import CliRunner
 
 from initprobe.cli import app, register_commands
-
-PROFILE = """
-[mini]
-data = "digits"
-[mini.teacher]
-preset = "tiny"
-images = 640
-batch = 32
-sample_steps = 2
-[mini.student]
-batch = 16
-eval_n = 10
-eval_every = 32
-eval_classifier_steps = 20
-[mini.measure]
-n = 12
-n_images = 12
-[mini.gate]                     # a 640-image teacher: only a gate this lenient passes
-n = 20
-heun_steps = 4
-max_fd_ratio = 1e9
-min_classes = 1
-max_class_kl = 10.0
-min_confidence_ratio = 0.0
-"""
 
 STUDY = """
 claim = "C11"
@@ -75,7 +51,7 @@ def test_a_miniature_linear_probe_study_runs_end_to_end(tmp_path: Path):
     register_commands()
     exp = tmp_path / "exp"
     exp.mkdir()
-    (exp / "profiles.toml").write_text(PROFILE)
+    (exp / "profiles.toml").write_text(MINI_PROFILE)
     (exp / "c11_mini.toml").write_text(STUDY)
     fig = tmp_path / "fig"
     res = CliRunner().invoke(app, ["reproduce", "--profile", "mini", "--experiments", str(exp),

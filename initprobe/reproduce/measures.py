@@ -21,7 +21,9 @@ Measurements (main-table groups: metrics):
   which a layer's activation peaks, and `distinct_peaks`; the study's seeds are noise seeds);
 - `spectra` (each run label and `<label>@init`: `band_mismatch_{low,mid,high,mean}` of its
   one-step samples against the data spectrum);
-- `memory` (each run label: `peak_memory_mib` of a few training steps, `memory.peak_bytes`);
+- `memory` (each run label: `peak_memory_mib` of a few training steps, `memory.peak_bytes` in
+  the trainer's `TRAINING` range: objective, auxiliary networks, EMA, optimizer and steps, not
+  the teacher, the generator's weights or the data loaded before it);
 - `best_of_k` (`best-of-K`, `resample-K` at x = K: quality of best-of-K and importance-resampled
   samples scored by run `arm`'s ratio estimator);
 - `linear_probe` (each run label: `probe_acc_init`, `probe_acc_after`, the linear-probe test
@@ -51,7 +53,7 @@ from ..measure.similarity import cka_diagonal
 from ..measure.spectrum import band_edges, band_error
 from ..nets.io import latest_checkpoint
 from ..runio import read_jsonl
-from ..train.onestep import train_onestep
+from ..train.onestep import TRAINING, train_onestep
 from ..train.ratio import load_estimator
 from ..train.verifier import importance_resample, ratio_logits
 from .memory import peak_bytes
@@ -211,7 +213,7 @@ def memory(sr, opts) -> dict[str, pd.DataFrame]:
                       log_every=10**9)
         with tempfile.TemporaryDirectory(dir=ws.root) as out:
             peak = peak_bytes(lambda c=cfg, o=out: train_onestep(c, o, str(ws.device), False),
-                              ws.device)
+                              ws.device, TRAINING)
         records += rows(label, math.nan, {"peak_memory_mib": peak / 2**20})
     return {"memory": table(records)}
 

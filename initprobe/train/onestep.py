@@ -76,6 +76,7 @@ EMA_RAMPUP = 0.05
 LR_AUX = 1e-4
 LR_AUX_BY_OBJECTIVE = {"ratio": 1e-3, "diffratio": 1e-3}
 GRID = 64  # latents of the sample grids
+TRAINING = "initprobe.training"   # profiler range of the training proper (reproduce/memory.py)
 
 
 @dataclass
@@ -249,7 +250,7 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto", progress: 
     config = {"kind": "student", **to_plain(cfg), "init_records": records,
               "frozen_fraction": frozen, "teacher_hash": weights_hash(teacher)}
     with RunDir(out, config, resume_ignore=("images", "teacher_hash", "teacher_changes"),
-                lock=ddp.main) as run:
+                lock=ddp.main) as run, torch.profiler.record_function(TRAINING):
         return _train(cfg, run, ddp, dev, teacher, data, gen, records, progress,
                       allow_teacher_change, speed)
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from mini_profile import MINI_PROFILE
+from pandas.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from initprobe.cli import app, register_commands
@@ -19,9 +20,9 @@ from initprobe.errors import UserError
 from initprobe.nets.io import load_network
 from initprobe.reproduce import measures
 from initprobe.reproduce.config import load_profile, load_studies, load_study
-from initprobe.reproduce.parallel import pending, train_ahead
+from initprobe.reproduce.parallel import measure_ahead, pending, train_ahead
 from initprobe.reproduce.rules import FAILS, HOLDS, INCONCLUSIVE, Measured, combine, evaluate
-from initprobe.reproduce.runner import run_study, study_dir
+from initprobe.reproduce.runner import measure, missing_measurements, run_study, study_dir
 from initprobe.reproduce.workspace import StudyRuns, Workspace
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -334,6 +335,20 @@ def test_runs_trained_ahead_in_worker_processes_equal_the_serial_ones(tmp_path):
     lines.clear()
     train_ahead(ahead, studies, jobs=2, log=lines.append)
     assert lines == []  # everything finished: no pool is started
+    # measurements: studies side by side in workers equal the serial ones, table for table
+    measure_ahead(ahead, studies, jobs=2, log=lines.append)
+    assert sum("measured" in line for line in lines) >= len(studies)
+    for study in studies:
+        folder = study_dir(serial, study)
+        folder.mkdir(parents=True)
+        measure(StudyRuns(serial, study), folder, missing_measurements(study, folder))
+        ours = study_dir(ahead, study)
+        assert missing_measurements(study, ours) == []
+        tables = sorted(p.name for p in folder.glob("*.csv"))
+        assert tables == sorted(p.name for p in ours.glob("*.csv")) and tables
+        for name in tables:
+            # run folders differ by their teacher's path: compare the numbers, not the paths
+            assert_frame_equal(pd.read_csv(folder / name), pd.read_csv(ours / name))
 
 
 # ---- verdicts per budget -----------------------------------------------------------------

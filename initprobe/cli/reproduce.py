@@ -88,9 +88,10 @@ def reproduce_cmd(
                                              "figures/<profile> otherwise)")] = None,
     experiments: Experiments = EXPERIMENTS,
     device: Device = "auto",
-    jobs: Annotated[int, Opt(min=1, help="train the teachers and runs in this many worker "
-                                         "processes side by side first (up to one per core; "
-                                         "on CUDA one GPU per worker, round-robin)")] = 1,
+    jobs: Annotated[int, Opt(min=1, help="train the teachers and runs, then measure the "
+                                         "studies, in this many worker processes side by "
+                                         "side first (up to one per core; on CUDA one GPU "
+                                         "per worker, round-robin)")] = 1,
     threads: Threads = 1,
     smoke: Smoke = False,
     channels_last: ChannelsLast = False,
@@ -118,7 +119,7 @@ def reproduce_cmd(
 
     from ..reproduce.findings import write_findings
     from ..reproduce.gate import enforce, measure_gate
-    from ..reproduce.parallel import train_ahead
+    from ..reproduce.parallel import measure_ahead, train_ahead
     from ..reproduce.plan import plan_stages, write_plan
     from ..reproduce.runner import cached_result, run_study
     from ..train.speed import Speed
@@ -149,6 +150,7 @@ def reproduce_cmd(
 
     if jobs > 1:
         train_ahead(ws, chosen, jobs, typer.echo, between=gate)
+        measure_ahead(ws, chosen, jobs, typer.echo)
     else:
         ws.ensure_teacher()
         gate()

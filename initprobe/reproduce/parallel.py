@@ -1,11 +1,16 @@
-"""Training a reproduction's teachers and runs ahead, `--jobs` worker processes at a time.
+"""Training a reproduction's teachers and runs, and measuring its studies, ahead: `--jobs`
+worker processes at a time.
 
 Without it the study loop trains what each study needs, one run after the other, in the main
-process. `train_ahead` first trains the unfinished teachers side by side, then every unfinished
-run of the studies that still miss a measurement, each in a worker process with the main
-process's thread count, so the study loop finds them finished. On CUDA (device `auto` or
-`cuda`), worker k sees only GPU k mod torch.cuda.device_count() (its CUDA_VISIBLE_DEVICES), so
-`--jobs` equal to the GPU count trains one run per GPU; the CPU path is unchanged.
+process, and measures one study after the other. `train_ahead` first trains the unfinished
+teachers side by side, then every unfinished run of the studies that still miss a measurement,
+each in a worker process with the main process's thread count; `measure_ahead` then computes
+each study's missing measurements in a worker (studies side by side), so the study loop finds
+its runs finished and its tables cached and only judges and draws. A measurement is the same
+seeded computation in any process (bit for bit on the CPU: same thread count). On CUDA
+(device `auto` or `cuda`), worker k sees only GPU k mod torch.cuda.device_count() (its
+CUDA_VISIBLE_DEVICES), so `--jobs` equal to the GPU count trains one run per GPU; the CPU path
+is unchanged.
 A run is the same seeded computation whichever process trains it (bit for bit on the CPU:
 same thread count), and an interrupted one resumes as usual.
 """
@@ -19,9 +24,9 @@ from pathlib import Path
 import torch
 
 from ..train.onestep import OneStepConfig
-from .config import LABELS, OTHER, Study
+from .config import LABELS, OTHER, Profile, Study
 from .measures import MEASUREMENTS
-from .runner import missing_measurements, study_dir
+from .runner import measure, missing_measurements, study_dir
 from .workspace import StudyRuns, Workspace, finished, run_job, run_line, teacher_job
 
 
@@ -60,6 +65,18 @@ def _init_worker(threads: int, gpus) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
+def _pool(ws: Workspace, jobs: int, log: Callable[[str], None]) -> ProcessPoolExecutor:
+    """`jobs` spawned workers with this process's thread count (and one GPU each on CUDA)."""
+    gpus, context = None, multiprocessing.get_context("spawn")
+    if ws.device.type == "cuda" and ws.device.index is None:
+        gpus = context.Queue()
+        for k in worker_gpus(jobs, torch.cuda.device_count()):
+            gpus.put(k)
+        log(f"  one GPU per worker: {worker_gpus(jobs, torch.cuda.device_count())}")
+    return ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                               initargs=(torch.get_num_threads(), gpus))
+
+
 def train_ahead(ws: Workspace, studies: list[Study], jobs: int,
                 log: Callable[[str], None] = print,
                 between: Callable[[], None] = lambda: None) -> None:
@@ -70,17 +87,10 @@ def train_ahead(ws: Workspace, studies: list[Study], jobs: int,
     if not teachers and not runs:
         between()
         return
-    threads = torch.get_num_threads()
     log(f"training ahead: {len(teachers)} teachers, then {len(runs)} runs, {jobs} processes "
-        f"of {threads} threads")
-    device, gpus, context = str(ws.device), None, multiprocessing.get_context("spawn")
-    if ws.device.type == "cuda" and ws.device.index is None:
-        gpus = context.Queue()
-        for k in worker_gpus(jobs, torch.cuda.device_count()):
-            gpus.put(k)
-        log(f"  one GPU per worker: {worker_gpus(jobs, torch.cuda.device_count())}")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(threads, gpus)) as pool:
+        f"of {torch.get_num_threads()} threads")
+    device = str(ws.device)
+    with _pool(ws, jobs, log) as pool:
         started = {pool.submit(teacher_job, ws.teacher_config(r), ws.teacher_dir(r), device): r
                    for r in teachers}
         for future in as_completed(started):
@@ -90,3 +100,29 @@ def train_ahead(ws: Workspace, studies: list[Study], jobs: int,
                    for out, (label, cfg) in runs.items()}
         for k, future in enumerate(as_completed(started), 1):
             log(f"  [{k}/{len(runs)}] " + run_line(*started[future], *future.result()))
+
+
+def measure_job(profile: Profile, root: Path, device: str, study: Study) -> list[str]:
+    """A worker's part of `measure_ahead`: one study's missing measurements; its log lines."""
+    lines: list[str] = []
+    ws = Workspace(profile, root, device, lines.append)
+    folder = study_dir(ws, study)
+    folder.mkdir(parents=True, exist_ok=True)
+    measure(StudyRuns(ws, study), folder, missing_measurements(study, folder), lines.append)
+    return lines
+
+
+def measure_ahead(ws: Workspace, studies: list[Study], jobs: int,
+                  log: Callable[[str], None] = print) -> None:
+    """Compute the missing measurements of `studies` (their runs trained), `jobs` studies at a
+    time in worker processes."""
+    todo = [s for s in studies if missing_measurements(s, study_dir(ws, s))]
+    if not todo:
+        return
+    log(f"measuring ahead: {len(todo)} studies, {jobs} processes")
+    with _pool(ws, jobs, log) as pool:
+        started = [pool.submit(measure_job, ws.profile, ws.root, str(ws.device), s)
+                   for s in todo]
+        for future in as_completed(started):
+            for line in future.result():
+                log(line)

@@ -59,6 +59,17 @@ def _sample_grids(ws: Workspace, sr: StudyRuns) -> dict[str, Path]:
     return grids
 
 
+def measure(sr: StudyRuns, folder: Path, todo: list[str],
+            log: Callable[[str], None] = print) -> None:
+    """Compute the measurements `todo` of a study whose runs are trained; write their tables."""
+    for name in todo:
+        t1 = time.perf_counter()
+        out = MEASUREMENTS[name].compute(sr, sr.study.measure[name])
+        for table_name in sorted(out, key=lambda k: k == name):  # main table last
+            atomic_write_text(folder / f"{table_name}.csv", out[table_name].to_csv(index=False))
+        log(f"  {sr.study.claim}: measured {name} in {time.perf_counter() - t1:.0f} s")
+
+
 def run_study(ws: Workspace, study: Study, figures: Path,
               log: Callable[[str], None] = print) -> StudyResult:
     """Bring one study up to date (module docstring) and return its tables."""
@@ -74,13 +85,7 @@ def run_study(ws: Workspace, study: Study, figures: Path,
             log(f"  {len(study.runs)} runs x {len(study.seeds)} seeds, {study.images} images "
                 f"each")
             sr.train_all()
-        for name in todo:
-            t1 = time.perf_counter()
-            out = MEASUREMENTS[name].compute(sr, study.measure[name])
-            for table_name in sorted(out, key=lambda k: k == name):  # main table last
-                atomic_write_text(folder / f"{table_name}.csv",
-                                  out[table_name].to_csv(index=False))
-            log(f"  measured {name} in {time.perf_counter() - t1:.0f} s")
+        measure(sr, folder, todo, log)
     tables = read_tables(folder)
     drawn = draw_study(study, tables, figures, only_missing=not todo)
     if study.runs:

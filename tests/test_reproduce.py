@@ -279,6 +279,8 @@ def test_reproduce_runs_a_miniature_study_end_to_end_and_resumes(tmp_path):
     assert set(findings["group"]) == {"teacher-init", "random-init"}
     assert (findings["n"] == 2).all()
     assert sorted(set(findings["budget_images"])) == [16, 32]  # eval_at 16, full budget 32
+    final = findings[findings["final"]]["claim_verdict"].iloc[0]   # the printed verdict is
+    assert f"C1: {final}  (" in res.output                       # the full budget's
     md = (fig / "findings.md").read_text()
     assert "| C1 |" in md and "Teacher gate: passed" in md and "real held-out" in md
     assert "--only C1" in (fig / "README.md").read_text()

@@ -169,7 +169,7 @@ def reproduce_cmd(
     header = (f"Findings of `{command}` ({prof.description}); device {ws.device}")
     findings = write_findings(results, figures, profile, ws.notes, header, command, gates[-1])
     typer.echo("")
-    for r in findings.drop_duplicates("claim").itertuples():
+    for r in findings[findings.final].drop_duplicates("claim").itertuples():
         typer.echo(f"{r.claim}: {r.claim_verdict}  ({r.statement})")
     typer.echo(f"wrote {figures}/findings.md, findings.csv and README.md in "
                f"{time.perf_counter() - t0:.0f} s")

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from initprobe.data import NATIVE_SIZE, load_dataset
-from initprobe.measure.linear_probe import (
+from initprobe.measure.analyses.linear_probe import (
     fit_score,
     linear_probe,
     pooled_features,
     probe_layers,
     split,
 )
-from initprobe.measure.profiles import fixed_noise
+from initprobe.measure.analyses.profiles import fixed_noise
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import PRESETS, UNetConfig
 

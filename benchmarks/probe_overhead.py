@@ -13,8 +13,8 @@ import time
 import torch
 
 from initprobe.data import NATIVE_SIZE
-from initprobe.measure.hooks import capture
-from initprobe.measure.profiles import select_layers
+from initprobe.measure.analyses.profiles import select_layers
+from initprobe.measure.features.hooks import capture
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import PRESETS, UNetConfig
 

@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from initprobe.errors import UserError
-from initprobe.measure.attribution import (
+from initprobe.measure.analyses.attribution import (
     attribute,
     direction,
     layer_attributions,
     target_function,
 )
-from initprobe.measure.hooks import capture, modules_by_id
-from initprobe.measure.profiles import block_layer_ids, fixed_noise
+from initprobe.measure.analyses.profiles import block_layer_ids, fixed_noise
+from initprobe.measure.features.hooks import capture, modules_by_id
 from initprobe.nets.precond import Denoiser, coefficients
 from initprobe.nets.unet import UNetConfig
 

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from initprobe.cli import app, register_commands
 from initprobe.errors import UserError
-from initprobe.measure import features
+from initprobe.measure.features import classifier
 from initprobe.nets.io import save_checkpoint
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
@@ -17,8 +17,8 @@ register_commands()
 @pytest.fixture(autouse=True)
 def quick_classifier(monkeypatch):
     """The feature classifier trains for 30 s by default; 20 steps suffice for plumbing tests."""
-    real = features.load_or_train
-    monkeypatch.setattr(features, "load_or_train",
+    real = classifier.load_or_train
+    monkeypatch.setattr(classifier, "load_or_train",
                         lambda train, test=None, **kw: real(train, test, steps=20,
                                                             progress=False))
 

@@ -8,8 +8,7 @@ from typer.testing import CliRunner
 from initprobe.cli import app, register_commands
 from initprobe.data import load_dataset
 from initprobe.errors import UserError
-from initprobe.measure import hooks
-from initprobe.measure.linear_probe import (
+from initprobe.measure.analyses.linear_probe import (
     best_layer_accuracy,
     best_layers,
     linear_probe,
@@ -17,7 +16,8 @@ from initprobe.measure.linear_probe import (
     probe_layers,
     probe_many,
 )
-from initprobe.measure.profiles import block_layer_ids, fixed_noise
+from initprobe.measure.analyses.profiles import block_layer_ids, fixed_noise
+from initprobe.measure.features import hooks
 from initprobe.nets.io import load_network, save_checkpoint
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig

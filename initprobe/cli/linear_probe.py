@@ -17,7 +17,7 @@ LAYERS_HELP = ("layer selector, the language of `initprobe layers --select` (dec
 def _summary(df: pd.DataFrame) -> list[str]:
     """Per run: its best layer, that layer's accuracy averaged over sigma and at its best
     sigma, and the chance level."""
-    from ..measure.linear_probe import best_layer_curves
+    from ..measure.analyses.linear_probe import best_layer_curves
     from ..report.probe_figures import chance_level
     lines = []
     for run, c in best_layer_curves(df).groupby("run", sort=False):
@@ -60,7 +60,7 @@ def linear_probe_cmd(
     Example: initprobe linear-probe runs/teacher-digits runs/random-digits --label teacher
              --label random --sigmas 0.05,0.2,0.5,1,2,5 --out runs/linear-probe
     """
-    from ..measure.linear_probe import probe_many
+    from ..measure.analyses.linear_probe import probe_many
     from ..nets.io import load_network
     from ..report.probe_figures import accuracy_heatmaps, best_layer_figure
     from ..runio import atomic_write_text

@@ -71,7 +71,7 @@ def probe_activations_cmd(
 
     Class-conditional networks see the images' own labels (or --labels, e.g. 3).
     """
-    from ..measure.activations import probe_many
+    from ..measure.analyses.activations import probe_many
     from ..nets.io import load_network
     from ..train.loop import pick_device
     names = run_labels(checkpoints, label)
@@ -109,7 +109,7 @@ def attribute_cmd(
     Example: initprobe attribute runs/teacher-digits --method conductance --target loss
              --n-images 64 --internal-batch-size 32 --out runs/attr
     """
-    from ..measure.attribution import attribute
+    from ..measure.analyses.attribution import attribute
     from ..nets.io import load_network
     from ..train.loop import pick_device
     dev = pick_device(device)

@@ -49,7 +49,7 @@ def cka_cmd(
 
     Class-conditional networks see the images' own labels (or --labels, e.g. 3).
     """
-    from ..measure.similarity import cka_diagonal, cka_matrix
+    from ..measure.analyses.similarity import cka_diagonal, cka_matrix
     from ..nets.io import load_network
     from ..report.figures import cka_diagonal_figure, cka_matrix_heatmap
     from ..runio import atomic_write_text

@@ -23,9 +23,9 @@ import torch
 
 from ..data import Dataset, load_dataset
 from ..errors import UserError
-from ..measure.extractors import Extractor, weights_hash
-from ..measure.features import load_or_train
-from ..measure.quality import FeatureSummary, summarize_data
+from ..measure.analyses.quality import FeatureSummary, summarize_data
+from ..measure.features.classifier import load_or_train
+from ..measure.features.extractors import Extractor, weights_hash
 from ..nets.io import latest_checkpoint, load_network, read_meta
 from ..train.loop import pick_device, to_plain
 from ..train.onestep import OneStepConfig, build_generator, resolve_config, train_onestep

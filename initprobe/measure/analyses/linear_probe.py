@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..schema import frame
-from .hooks import capture
+from ...errors import UserError
+from ...schema import frame
+from ..features.hooks import capture
 from .profiles import block_layer_ids, default_sigmas, fixed_noise, layer_record
 
 CLASSIFIERS = ("ridge", "logistic")
@@ -43,7 +43,7 @@ def probe_layers(net: nn.Module, spec: str | None) -> list[str]:
     the last conv of every block when None."""
     if spec is None:
         return block_layer_ids(net)
-    from ..ablate.select import select
+    from ...ablate.select import select
     return select(net, spec)
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import Dataset
-from ..errors import UserError
+from ...data import Dataset
+from ...errors import UserError
 
 NETWORKS = ("classifier", "inception")
 
@@ -76,7 +76,7 @@ class Extractor:
 
 def classifier_extractor(train: Dataset, test: Dataset | None = None) -> Extractor:
     """The cached domain classifier for `train` (trained on first use)."""
-    from .features import load_or_train
+    from .classifier import load_or_train
     fnet, meta = load_or_train(train, test)
     return Extractor("classifier", fnet.body, weights_hash(fnet), fnet.head, meta["num_classes"])
 

@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..nets.labels import bind
-from ..schema import frame
-from .cka import MinibatchCKA
-from .hooks import capture
+from ...errors import UserError
+from ...nets.labels import bind
+from ...schema import frame
+from ..features.hooks import capture
+from ..metrics.cka import MinibatchCKA
 from .profiles import default_sigmas, fixed_noise, layer_record, select_layers
 
 

@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..diffusion import SIGMA_MAX, karras_sigmas
-from ..errors import UserError
-from ..nets.layers import last_conv_id, named_blocks, named_layers, parse
-from .hooks import modules_by_id
+from ...diffusion import SIGMA_MAX, karras_sigmas
+from ...errors import UserError
+from ...nets.layers import last_conv_id, named_blocks, named_layers, parse
+from ..features.hooks import modules_by_id
 
 LAYER_SETS = ("blocks", "all")
 

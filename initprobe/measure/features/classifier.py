@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import Dataset
-from ..runio import atomic_save, atomic_write_json
+from ...data import Dataset
+from ...runio import atomic_save, atomic_write_json
 
 ARCH_VERSION = 1
 FEATURE_DIM = 128

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..nets.labels import bind, cond_batches
-from ..schema import frame
-from .hooks import capture
+from ...errors import UserError
+from ...nets.labels import bind, cond_batches
+from ...schema import frame
+from ..features.hooks import capture
 from .profiles import default_sigmas, fixed_noise, layer_record, select_layers, with_minmax
 
 STATS = ("mean_abs", "rms")

@@ -33,11 +33,11 @@ from captum.attr import LayerConductance, LayerGradientXActivation
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..nets.labels import bind, cond_batches
-from ..nets.precond import SIGMA_DATA
-from ..schema import frame
-from .hooks import modules_by_id
+from ...errors import UserError
+from ...nets.labels import bind, cond_batches
+from ...nets.precond import SIGMA_DATA
+from ...schema import frame
+from ..features.hooks import modules_by_id
 from .profiles import default_sigmas, fixed_noise, layer_record, select_layers, with_minmax
 
 METHODS = ("conductance", "grad_x_act")

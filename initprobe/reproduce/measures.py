@@ -53,7 +53,7 @@ from ..nets.io import latest_checkpoint
 from ..runio import read_jsonl
 from ..train.onestep import train_onestep
 from ..train.ratio import load_estimator
-from ..train.verifier import importance_resample, ratio_logits
+from ..train.verifier import choose_best, importance_resample, ratio_logits
 from .memory import peak_bytes
 
 QUALITY = ("fd_classifier", "kid_classifier", "precision", "recall", "density", "coverage",
@@ -239,7 +239,7 @@ def best_of_k(sr, opts) -> dict[str, pd.DataFrame]:
             return _quality_values(quality_metrics(summarize(extractor, images.split(256)),
                                                    reference, extractor))
         for k in ks:
-            best = x[torch.arange(n), d[:, :k].argmin(dim=1)]
+            best = choose_best(x, d, k)
             pool = x[:, :k].reshape(n * k, *shape)
             chosen, _, _ = importance_resample(pool, estimator, sigma, n,
                                                torch.Generator().manual_seed(seed))

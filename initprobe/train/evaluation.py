@@ -20,8 +20,7 @@ from ..measure.analyses.quality import (
     summarize_classes,
     summarize_data,
 )
-from ..measure.features.classifier import load_or_train
-from ..measure.features.extractors import Extractor, weights_hash
+from ..measure.features.extractors import classifier_extractor
 from ..nets.labels import bind, class_frequencies, one_hot, seed_labels
 
 
@@ -54,9 +53,8 @@ class Evaluator:
 
     def __init__(self, cfg, train, dev, classes: int = 0):
         test = load_dataset(cfg.data, cfg.data_path, "test", size=train.shape[-1])
-        fnet, meta = load_or_train(train, test, steps=cfg.eval_classifier_steps, progress=False)
-        self.extractor = Extractor("classifier", fnet.body, weights_hash(fnet), fnet.head,
-                                   meta["num_classes"]).to(dev)
+        self.extractor = classifier_extractor(train, test, cfg.eval_classifier_steps,
+                                              progress=False).to(dev)
         self.reference = summarize_data(self.extractor, train)
         self.cfg, self.shape, self.dev = cfg, train.shape, dev
         self.labels = seed_labels(range(cfg.eval_n), class_frequencies(train.labels, classes)) \

@@ -3,9 +3,10 @@ import pytest
 import torch
 from PIL import Image
 
+from initprobe.ablate.select import block_layer_ids
 from initprobe.errors import UserError
 from initprobe.measure.analyses.activations import probe_activations, probe_many
-from initprobe.measure.analyses.profiles import block_layer_ids, default_sigmas, fixed_noise
+from initprobe.measure.analyses.profiles import default_sigmas, fixed_noise
 from initprobe.nets.layers import named_layers
 from initprobe.nets.precond import Denoiser, coefficients
 from initprobe.nets.unet import UNetConfig

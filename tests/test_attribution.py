@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from initprobe.ablate.select import block_layer_ids
 from initprobe.errors import UserError
 from initprobe.measure.analyses.attribution import (
     attribute,
@@ -11,7 +12,7 @@ from initprobe.measure.analyses.attribution import (
     layer_attributions,
     target_function,
 )
-from initprobe.measure.analyses.profiles import block_layer_ids, fixed_noise
+from initprobe.measure.analyses.profiles import fixed_noise
 from initprobe.measure.features.hooks import capture, modules_by_id
 from initprobe.nets.precond import Denoiser, coefficients
 from initprobe.nets.unet import UNetConfig

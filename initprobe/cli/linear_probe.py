@@ -6,12 +6,19 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from ..measure.analyses.profiles import DEFAULT_LAYERS
 from . import app
-from .common import DATA_HELP, DEVICE_HELP, PATH_HELP, dataset_for, numbers, run_labels
+from .common import (
+    DATA_HELP,
+    DEVICE_HELP,
+    LAYERS_HELP,
+    PATH_HELP,
+    dataset_for,
+    numbers,
+    run_labels,
+)
 
 Opt = typer.Option
-LAYERS_HELP = ("layer selector, the language of `initprobe layers --select` (decoder, res:4, "
-               "'enc.*', gdd, unions with , or +); default: the last conv of every block")
 
 
 def _summary(df: pd.DataFrame) -> list[str]:
@@ -32,7 +39,7 @@ def _summary(df: pd.DataFrame) -> list[str]:
 def linear_probe_cmd(
     checkpoints: Annotated[list[Path], typer.Argument(help="checkpoints (file, stem, run dir)")],
     out: Annotated[Path, Opt("--out", help="output folder")],
-    layers: Annotated[str | None, Opt(help=LAYERS_HELP)] = None,
+    layers: Annotated[str, Opt(help=LAYERS_HELP)] = DEFAULT_LAYERS,
     sigmas: Annotated[str | None, Opt(help="comma-separated noise levels (default: the 18 EDM "
                                            "levels, 0.002 to 80)")] = None,
     data: Annotated[str, Opt(help=DATA_HELP)] = "digits",

@@ -120,10 +120,10 @@ def test_block_without_a_named_last_conv_is_a_user_error(monkeypatch):
         block_layer_ids(net)
 
 
-def test_unknown_stat_or_layer_set_is_a_user_error(images):
+def test_unknown_stat_or_layer_selector_is_a_user_error(images):
     with pytest.raises(UserError, match="statistic"):
         probe_activations(make_net(), images, [1.0], stat="max")
-    with pytest.raises(UserError, match="layer set"):
+    with pytest.raises(UserError, match="selector 'convs'.*matches no layer.*initprobe layers"):
         probe_activations(make_net(), images, [1.0], layers="convs")
     with pytest.raises(UserError, match="no layers"):
         probe_activations(make_net(), images, [1.0], layers=[])

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from initprobe.measure.cka import MinibatchCKA, cka
+from initprobe.measure.metrics.cka import MinibatchCKA, cka
 
 
 def activations(layers: int, n: int, dim: int) -> list[torch.Tensor]:

@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from initprobe.measure.extractors import Extractor, weights_hash
-from initprobe.measure.features import FeatureNet
-from initprobe.measure.quality import summarize
+from initprobe.measure.analyses.quality import summarize
+from initprobe.measure.features.classifier import FeatureNet
+from initprobe.measure.features.extractors import Extractor, weights_hash
 
 
 def main():

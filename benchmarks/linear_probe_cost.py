@@ -19,14 +19,13 @@ import numpy as np
 import torch
 
 from initprobe.data import NATIVE_SIZE, load_dataset
-from initprobe.measure.linear_probe import (
+from initprobe.measure.analyses.linear_probe import (
     fit_score,
     linear_probe,
     pooled_features,
-    probe_layers,
     split,
 )
-from initprobe.measure.profiles import fixed_noise
+from initprobe.measure.analyses.profiles import DEFAULT_LAYERS, fixed_noise, select_layers
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import PRESETS, UNetConfig
 
@@ -53,7 +52,7 @@ def main():
     torch.manual_seed(0)
     net = Denoiser(UNetConfig(img_resolution=size, **PRESETS[args.preset])).eval()
     sigmas = np.geomspace(0.05, 5.0, args.sigmas).tolist()
-    ids = probe_layers(net, None)
+    ids = select_layers(net, DEFAULT_LAYERS)
     noise = fixed_noise(images, 0)
     y = labels.numpy()
     train, test = split(y, 0.5, 0)

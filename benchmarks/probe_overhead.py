@@ -13,8 +13,8 @@ import time
 import torch
 
 from initprobe.data import NATIVE_SIZE
-from initprobe.measure.hooks import capture
-from initprobe.measure.profiles import select_layers
+from initprobe.measure.analyses.profiles import DEFAULT_LAYERS, select_layers
+from initprobe.measure.features.hooks import capture
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import PRESETS, UNetConfig
 
@@ -42,7 +42,7 @@ def main():
     torch.manual_seed(0)
     net = Denoiser(UNetConfig(img_resolution=size, **PRESETS[args.preset])).eval()
     x = torch.randn(args.batch, 1, size, size)
-    ids = select_layers(net, "blocks")
+    ids = select_layers(net, DEFAULT_LAYERS)
 
     def plain():
         net(x, 1.0)

@@ -3,9 +3,10 @@ import pytest
 import torch
 from PIL import Image
 
+from initprobe.ablate.select import block_layer_ids
 from initprobe.errors import UserError
-from initprobe.measure.activations import probe_activations, probe_many
-from initprobe.measure.profiles import block_layer_ids, default_sigmas, fixed_noise
+from initprobe.measure.analyses.activations import probe_activations, probe_many
+from initprobe.measure.analyses.profiles import default_sigmas, fixed_noise
 from initprobe.nets.layers import named_layers
 from initprobe.nets.precond import Denoiser, coefficients
 from initprobe.nets.unet import UNetConfig
@@ -119,10 +120,10 @@ def test_block_without_a_named_last_conv_is_a_user_error(monkeypatch):
         block_layer_ids(net)
 
 
-def test_unknown_stat_or_layer_set_is_a_user_error(images):
+def test_unknown_stat_or_layer_selector_is_a_user_error(images):
     with pytest.raises(UserError, match="statistic"):
         probe_activations(make_net(), images, [1.0], stat="max")
-    with pytest.raises(UserError, match="layer set"):
+    with pytest.raises(UserError, match="selector 'convs'.*matches no layer.*initprobe layers"):
         probe_activations(make_net(), images, [1.0], layers="convs")
     with pytest.raises(UserError, match="no layers"):
         probe_activations(make_net(), images, [1.0], layers=[])

@@ -8,8 +8,8 @@ import torch
 
 from initprobe.ablate.ops import freeze, reinit
 from initprobe.ablate.select import count_params, select
-from initprobe.measure.activations import probe_activations
-from initprobe.measure.similarity import cka_matrix
+from initprobe.measure.analyses.activations import probe_activations
+from initprobe.measure.analyses.similarity import cka_matrix
 from initprobe.nets.layers import last_conv_id, layer_table, named_blocks, named_layers
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig

@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 import torch
 
+from initprobe.ablate.select import block_layer_ids
 from initprobe.errors import UserError
-from initprobe.measure.attribution import (
+from initprobe.measure.analyses.attribution import (
     attribute,
     direction,
     layer_attributions,
     target_function,
 )
-from initprobe.measure.hooks import capture, modules_by_id
-from initprobe.measure.profiles import block_layer_ids, fixed_noise
+from initprobe.measure.analyses.profiles import fixed_noise
+from initprobe.measure.features.hooks import capture, modules_by_id
 from initprobe.nets.precond import Denoiser, coefficients
 from initprobe.nets.unet import UNetConfig
 

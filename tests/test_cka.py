@@ -4,7 +4,7 @@ import torch
 from scipy.spatial.distance import pdist
 
 from initprobe.errors import UserError
-from initprobe.measure.cka import MinibatchCKA, cka, gram, hsic
+from initprobe.measure.metrics.cka import MinibatchCKA, cka, gram, hsic
 
 
 def randn(*shape, seed=0):

@@ -4,10 +4,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from initprobe.ablate.select import select
 from initprobe.cli import app, register_commands
 from initprobe.errors import UserError
-from initprobe.measure import features
-from initprobe.nets.io import save_checkpoint
+from initprobe.measure.features import classifier
+from initprobe.nets.io import load_network, save_checkpoint
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
 
@@ -17,8 +18,8 @@ register_commands()
 @pytest.fixture(autouse=True)
 def quick_classifier(monkeypatch):
     """The feature classifier trains for 30 s by default; 20 steps suffice for plumbing tests."""
-    real = features.load_or_train
-    monkeypatch.setattr(features, "load_or_train",
+    real = classifier.load_or_train
+    monkeypatch.setattr(classifier, "load_or_train",
                         lambda train, test=None, **kw: real(train, test, steps=20,
                                                             progress=False))
 
@@ -94,6 +95,18 @@ def test_cka_writes_matrix_and_diagonal(ckpts, tmp_path):
     assert is_png(tmp_path / "cka_matrix.png") and is_png(tmp_path / "cka_diagonal.png")
 
 
+def test_cka_takes_a_layer_selector(ckpts, tmp_path):
+    a, b = ckpts
+    r = invoke("cka", a, b, "--n-images", 8, "--batch", 8, "--layers", "decoder", "--out",
+               tmp_path)
+    assert r.exit_code == 0, r.output
+    expected = select(load_network(a), "decoder")
+    for name in ("cka_matrix", "cka_diagonal"):
+        df = read(tmp_path / f"{name}.csv")
+        assert list(dict.fromkeys(df["layer"])) == expected
+    assert all(i.startswith("dec.") for i in expected)
+
+
 def test_spectrum_writes_spectra_and_bands(ckpts, tmp_path):
     r = invoke("spectrum", *ckpts, "--n", 8, "--n-images", 16, "--heun-steps", 2,
                "--out", tmp_path)
@@ -116,6 +129,7 @@ def test_spectrum_writes_spectra_and_bands(ckpts, tmp_path):
     (["relfid", "--teacher", "{a}", "--student", "{a}", "--steps", "2,x"], "--steps"),
     (["cka", "{a}", "{missing}"], "not found"),
     (["cka", "{a}", "{a}", "--kernel", "cosine"], "unknown CKA kernel"),
+    (["cka", "{a}", "{a}", "--layers", "dec.3x3*"], "'dec.3x3*' matches no layer"),
     (["spectrum", "{missing}"], "not found"),
 ])
 def test_bad_input_is_a_user_error(ckpts, tmp_path, args, message):

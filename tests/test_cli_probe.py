@@ -4,9 +4,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from initprobe.ablate.select import select
 from initprobe.cli import app, register_commands
 from initprobe.errors import UserError
-from initprobe.nets.io import save_checkpoint
+from initprobe.nets.io import load_network, save_checkpoint
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
 
@@ -35,6 +36,16 @@ def test_probe_activations_writes_table_and_heatmap(ckpt, tmp_path):
     assert "activations.csv" in r.output and "median peak sigma" in r.output
 
 
+def test_probe_activations_takes_a_layer_selector(ckpt, tmp_path):
+    r = invoke("probe-activations", ckpt, "--out", tmp_path, "--n-images", 8, "--layers",
+               "enc.*", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    layers = list(dict.fromkeys(pd.read_csv(tmp_path / "activations.csv")["layer"]))
+    expected = select(load_network(ckpt), "enc.*")
+    assert layers == expected and all(i.startswith("enc.") for i in layers)
+    assert len(expected) > len(select(load_network(ckpt), "blocks-decoder"))
+
+
 def test_attribute_writes_table_and_heatmap(ckpt, tmp_path):
     r = invoke("attribute", ckpt, "--out", tmp_path, "--n-images", 4, "--n-steps", 3,
                "--layers", "dec.8x8_aux_conv,enc.8x8_conv", "--internal-batch-size", 8,
@@ -52,6 +63,8 @@ def test_attribute_writes_table_and_heatmap(ckpt, tmp_path):
     ["probe-activations", "{ckpt}", "{ckpt}", "--label", "one"],
     ["attribute", "{missing}"],
     ["attribute", "{ckpt}", "--method", "saliency", "--n-images", "2"],
+    ["probe-activations", "{ckpt}", "--layers", "enc.99x99*"],
+    ["attribute", "{ckpt}", "--layers", "decodr", "--n-images", "2"],
 ])
 def test_bad_input_is_a_user_error(ckpt, tmp_path, args):
     args = [a.format(ckpt=ckpt, missing=tmp_path / "missing") for a in args]

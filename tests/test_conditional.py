@@ -163,13 +163,13 @@ def test_label_accuracy_and_per_class_quality_count_what_the_classifier_says():
     from torch import nn
 
     from initprobe.data import Dataset
-    from initprobe.measure.extractors import Extractor
-    from initprobe.measure.quality import (
+    from initprobe.measure.analyses.quality import (
         class_metrics,
         quality_metrics,
         summarize,
         summarize_classes,
     )
+    from initprobe.measure.features.extractors import Extractor
     from initprobe.schema import split_class
     body, head = nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)
     with torch.no_grad():   # features = the pixels; class = the larger of the two

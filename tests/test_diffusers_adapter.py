@@ -227,8 +227,8 @@ def test_pipeline_folder_and_refusals(tmp_path, saved):
 
 def test_probe_and_cka_run_on_a_diffusers_teacher(saved):
     folder, _ = saved
-    from initprobe.measure.activations import probe_activations
-    from initprobe.measure.similarity import cka_diagonal
+    from initprobe.measure.analyses.activations import probe_activations
+    from initprobe.measure.analyses.similarity import cka_diagonal
     net = load_network(folder)
     images = torch.rand(8, CONFIG["in_channels"], RES, RES) * 2 - 1
     df = probe_activations(net, images, sigmas=[0.5, 5.0])

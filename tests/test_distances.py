@@ -4,7 +4,7 @@ import scipy.linalg
 import torch
 
 from initprobe.errors import UserError
-from initprobe.measure.distances import (
+from initprobe.measure.metrics.distances import (
     FeatureStats,
     class_histogram_stats,
     frechet_distance,

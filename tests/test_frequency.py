@@ -2,13 +2,13 @@ import pytest
 import torch
 
 from initprobe.errors import UserError
-from initprobe.measure.frequency import (
+from initprobe.measure.analyses.frequency import (
     denoiser_spectra,
     mean_spectrum,
     sample_spectra,
     spectrum_analysis,
 )
-from initprobe.measure.spectrum import radial_power_spectrum
+from initprobe.measure.metrics.spectrum import radial_power_spectrum
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
 from initprobe.schema import COLUMNS

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from initprobe.measure.features import FeatureNet
+from initprobe.measure.features.classifier import FeatureNet
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
 from initprobe.train.discriminator import classifier_tap, teacher_tap

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from initprobe.errors import UserError
-from initprobe.measure.hooks import capture
+from initprobe.measure.features.hooks import capture
 from initprobe.nets.precond import Denoiser, coefficients
 from initprobe.nets.unet import UNetConfig
 

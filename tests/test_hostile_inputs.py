@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from initprobe.cli import app, register_commands
 from initprobe.errors import UserError
-from initprobe.measure import extractors
-from initprobe.measure.extractors import weights_hash
+from initprobe.measure.features import extractors
+from initprobe.measure.features.extractors import weights_hash
 from initprobe.nets.io import latest_checkpoint, load_network
 from initprobe.train.onestep import OneStepConfig, train_onestep
 from initprobe.train.teacher import TeacherConfig, train_teacher

@@ -5,19 +5,19 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from initprobe.ablate.select import block_layer_ids
 from initprobe.cli import app, register_commands
 from initprobe.data import load_dataset
 from initprobe.errors import UserError
-from initprobe.measure import hooks
-from initprobe.measure.linear_probe import (
+from initprobe.measure.analyses.linear_probe import (
     best_layer_accuracy,
     best_layers,
     linear_probe,
     pooled_features,
-    probe_layers,
     probe_many,
 )
-from initprobe.measure.profiles import block_layer_ids, fixed_noise
+from initprobe.measure.analyses.profiles import DEFAULT_LAYERS, fixed_noise, select_layers
+from initprobe.measure.features import hooks
 from initprobe.nets.io import load_network, save_checkpoint
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
@@ -130,7 +130,7 @@ def test_table_schema_layers_order_and_determinism(digits):
 def test_streaming_batches_give_the_same_features_and_hooks_are_removed(digits):
     images, _ = digits
     net = make_net()
-    ids = probe_layers(net, "decoder")
+    ids = select_layers(net, "decoder")
     noise = fixed_noise(images, 0)
     whole = pooled_features(net, images, noise, 0.5, ids, batch=300)
     parts = pooled_features(net, images, noise, 0.5, ids, batch=7)
@@ -142,10 +142,10 @@ def test_streaming_batches_give_the_same_features_and_hooks_are_removed(digits):
 
 def test_selector_language_and_default_layers():
     net = make_net()
-    assert probe_layers(net, None) == block_layer_ids(net)
-    assert probe_layers(net, "res:4-attention-norm-skip")[0] == "enc.4x4_down.conv0"
-    with pytest.raises(UserError, match="matches no layer"):
-        probe_layers(net, "decodr")
+    assert select_layers(net, DEFAULT_LAYERS) == block_layer_ids(net)
+    assert select_layers(net, "res:4-attention-norm-skip")[0] == "enc.4x4_down.conv0"
+    with pytest.raises(UserError, match="matches no layer.*initprobe layers"):
+        select_layers(net, "decodr")
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -5,15 +5,7 @@ from torch import nn
 
 from initprobe.data import Dataset, load_dataset
 from initprobe.errors import UserError
-from initprobe.measure.extractors import Extractor, make_extractor, weights_hash
-from initprobe.measure.features import FeatureNet, cache_dir
-from initprobe.measure.inception import (
-    FEATURE_DIM,
-    FIDInception,
-    _to_inception_input,
-    load_inception,
-)
-from initprobe.measure.quality import (
+from initprobe.measure.analyses.quality import (
     FeatureSummary,
     quality_metrics,
     sample_batches,
@@ -21,7 +13,15 @@ from initprobe.measure.quality import (
     summarize_data,
     summarize_samples,
 )
-from initprobe.measure.relfid import relfid_sweep
+from initprobe.measure.analyses.relfid import relfid_sweep
+from initprobe.measure.features.classifier import FeatureNet, cache_dir
+from initprobe.measure.features.extractors import Extractor, make_extractor, weights_hash
+from initprobe.measure.features.inception import (
+    FEATURE_DIM,
+    FIDInception,
+    _to_inception_input,
+    load_inception,
+)
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
 from initprobe.schema import COLUMNS

@@ -2,7 +2,7 @@ import pytest
 
 from initprobe.ablate.select import count_params, select, selection_table
 from initprobe.errors import UserError
-from initprobe.nets.layers import GROUPS, layer_table, named_layers
+from initprobe.nets.layers import GROUPS, last_conv_id, layer_table, named_blocks, named_layers
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
 
@@ -159,3 +159,19 @@ def test_count_params(net, ids):
     assert count_params(net, ids) == {"params": sum(p.numel() for p in net.parameters()),
                                       "fraction": 1.0}
     assert count_params(net, ["enc.8x8_conv"])["params"] == 16 * 1 * 9 + 16
+
+
+def test_blocks_preset_is_the_last_conv_of_every_block(net):
+    expected = [last_conv_id(net, b) for b in named_blocks(net)]
+    assert len(expected) == len(named_blocks(net)) > 4
+    assert select(net, "blocks") == expected
+    assert all(i.endswith((".conv1", ".proj", "_conv")) for i in expected)
+    decoder = set(select(net, "decoder"))
+    assert select(net, "blocks-decoder") == [i for i in expected if i not in decoder]
+    assert select(net, "blocks,enc.8x8_block0.conv0")[:3] == [
+        i for i in named_layers(net) if i in {*expected, "enc.8x8_block0.conv0"}][:3]
+
+
+def test_a_selector_that_matches_nothing_names_itself_and_the_layers_command(net):
+    with pytest.raises(UserError, match=r"'enc\.99x99\*'.*initprobe layers CHECKPOINT"):
+        select(net, "enc.99x99*")

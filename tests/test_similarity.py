@@ -3,9 +3,10 @@ import copy
 import pytest
 import torch
 
+from initprobe.ablate.select import block_layer_ids
 from initprobe.errors import UserError
-from initprobe.measure.profiles import block_layer_ids, default_sigmas
-from initprobe.measure.similarity import _minibatches, cka_diagonal, cka_matrix
+from initprobe.measure.analyses.profiles import default_sigmas
+from initprobe.measure.analyses.similarity import _minibatches, cka_diagonal, cka_matrix
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
 from initprobe.schema import COLUMNS

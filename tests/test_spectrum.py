@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from initprobe.errors import UserError
-from initprobe.measure.spectrum import (
+from initprobe.measure.metrics.spectrum import (
     band_edges,
     band_error,
     band_power,

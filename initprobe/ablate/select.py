@@ -7,6 +7,9 @@ Terms:
   `head`, `attention`, `norm`, `skip`, `conv`), or `all`;
 - `gdd`: GDD-I / D2O-F's frozen set, both 3x3 convs of every residual block (`conv0`, `conv1`)
   and every attention output projection (`proj`);
+- `blocks`: the last conv of every block (`layers.last_conv_id`: `conv1`, or `proj` in
+  attention blocks; the stem and head convs themselves), one layer per block: the default
+  layers of the activation, attribution, CKA and linear probes;
 - `res:R`: the layers at resolution R x R;
 - a glob over ids (fnmatch, case-sensitive: `enc.16x16_*`, `*.conv1`). A glob selects a layer
   when it matches the layer's id or one of its dotted prefixes, so a bare block id
@@ -15,8 +18,9 @@ Terms:
   anchor with `^` and `$`). As `,` `+` `-` are regex characters, the pattern runs to the end of
   the spec: put it last (`decoder-re:qkv$`).
 Every term must match at least one layer, so a misspelt group or id is an error rather than an
-empty set, and so is a spec whose result is empty. Layers come from `layer_table`, so selectors
-work on any network that `initprobe.nets.layers` can describe.
+empty set, and so is a spec whose result is empty; the error names the spec and the command that
+lists the layers. Layers come from `layer_table`, so selectors work on any network that
+`initprobe.nets.layers` can describe. The result is always in network order.
 """
 
 import difflib
@@ -27,9 +31,11 @@ import pandas as pd
 from torch import nn
 
 from ..errors import UserError
-from ..nets.layers import GROUPS, layer_table
+from ..nets.layers import GROUPS, last_conv_id, layer_table, named_blocks
 
 PRESETS = {"gdd": ("conv0", "conv1", "proj")}
+BLOCKS = "blocks"
+LIST_HINT = "list the layers with `initprobe layers CHECKPOINT --select SPEC`"
 _OPERATOR = re.compile(r"([,+-])")
 _GLOB = re.compile(r"^[\w.*?\[\]!]+$")
 _REGEX = "re:"
@@ -37,10 +43,25 @@ _REGEX = "re:"
 
 def _forms(table: pd.DataFrame) -> str:
     res = sorted({int(r) for r in table["res"].dropna()}, reverse=True)
-    return (f"valid terms: a group ({', '.join(GROUPS)}), all, the preset {', '.join(PRESETS)}, "
-            f"res:R (R in {', '.join(map(str, res))}), a glob over layer ids or blocks "
-            f"(enc.8x8_*, *.conv1, dec.8x8_up), re:REGEX (last); join terms with , or + "
-            f"(union) and - (difference)")
+    return (f"valid terms: a group ({', '.join(GROUPS)}), all, the presets "
+            f"{', '.join([*PRESETS, BLOCKS])}, res:R (R in {', '.join(map(str, res))}), a glob "
+            f"over layer ids or blocks (enc.8x8_*, *.conv1, dec.8x8_up), re:REGEX (last); join "
+            f"terms with , or + (union) and - (difference); {LIST_HINT}")
+
+
+def block_layer_ids(net: nn.Module) -> list[str]:
+    """Canonical id of the last conv of every block (the `blocks` preset), in network order;
+    UserError for a block whose last conv is not a named layer (`layers.last_conv_id` finds
+    none)."""
+    ids = []
+    for name in named_blocks(net):
+        conv = last_conv_id(net, name)
+        if conv is None:
+            raise UserError(f"block {name}: its last conv is not a named layer of this network, "
+                            f"so the selector {BLOCKS!r} is undefined; select layers another way "
+                            f"(e.g. all, conv); {LIST_HINT}")
+        ids.append(conv)
+    return ids
 
 
 def _tokens(spec: str, table: pd.DataFrame) -> list[tuple[str, str]]:
@@ -64,11 +85,13 @@ def _tokens(spec: str, table: pd.DataFrame) -> list[tuple[str, str]]:
     return list(zip([","] + parts[1::2], terms))
 
 
-def _matches(term: str, spec: str, table: pd.DataFrame) -> set[str]:
+def _matches(term: str, spec: str, table: pd.DataFrame, net: nn.Module) -> set[str]:
     """The ids one term selects; UserError if it is malformed or selects nothing."""
     ids = table["layer"]
     if term == "all":
         hit = ids
+    elif term == BLOCKS:
+        hit = ids[ids.isin(block_layer_ids(net))]
     elif term in GROUPS:
         hit = ids[table["groups"].map(lambda g: term in g.split(","))]
     elif term in PRESETS:
@@ -91,7 +114,7 @@ def _matches(term: str, spec: str, table: pd.DataFrame) -> set[str]:
         raise UserError(f"layer selector {spec!r}: {term!r} is not a valid term; "
                         f"{_forms(table)}")
     if hit.empty:
-        close = difflib.get_close_matches(term, [*GROUPS, "all", *PRESETS], n=1)
+        close = difflib.get_close_matches(term, [*GROUPS, "all", *PRESETS, BLOCKS], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(f"layer selector {spec!r}: {term!r} matches no layer{hint}; "
                         f"{_forms(table)}")
@@ -104,10 +127,10 @@ def _prefixes(layer: str) -> list[str]:
     return [".".join(parts[:n]) for n in range(1, len(parts) + 1)]
 
 
-def _select(table: pd.DataFrame, spec: str) -> list[str]:
+def _select(table: pd.DataFrame, spec: str, net: nn.Module) -> list[str]:
     chosen: set[str] = set()
     for op, term in _tokens(spec, table):
-        hit = _matches(term, spec, table)
+        hit = _matches(term, spec, table, net)
         chosen = chosen - hit if op == "-" else chosen | hit
     if not chosen:
         raise UserError(f"layer selector {spec!r} selects no layer (everything was "
@@ -118,7 +141,7 @@ def _select(table: pd.DataFrame, spec: str) -> list[str]:
 def select(net: nn.Module, spec: str) -> list[str]:
     """The canonical ids of the layers `spec` names, in network order; UserError if the spec is
     malformed, names an unknown group or id, or selects nothing."""
-    return _select(layer_table(net), spec)
+    return _select(layer_table(net), spec, net)
 
 
 def _total(net: nn.Module) -> int:
@@ -136,7 +159,7 @@ def selection_table(net: nn.Module, spec: str) -> pd.DataFrame:
     """The layer table restricted to the selection, with a `fraction` column (each layer's share
     of all parameters). `.attrs` holds the summary: spec, layers, params, fraction."""
     table = layer_table(net)
-    ids = _select(table, spec)
+    ids = _select(table, spec, net)
     total = _total(net)
     out = table[table["layer"].isin(ids)].reset_index(drop=True)
     out["fraction"] = out["params"] / total

@@ -6,17 +6,15 @@ from ..errors import UserError
 
 DATA_HELP = "dataset: digits (bundled, default), mnist, cifar10, folder"
 PATH_HELP = "path of the dataset file or folder (not needed for digits)"
-LAYERS_HELP = "blocks (last conv of every block), all, or comma-separated layer ids"
+LAYERS_HELP = ("layer selector, the language of `initprobe layers CKPT --select`: blocks (the last "
+               "conv of every block), decoder, 'enc.*', res:4, gdd, all, layer ids; join with , "
+               "or + (union) and - (difference)")
 LABELS_HELP = ("class-conditional networks: classes of the images, e.g. 0-9 (cycled), 3, 1,4,7, "
                "uniform (drawn per seed), data (real images' own); default: real images' own, "
                "generated images uniform")
 DEVICE_HELP = "auto, cpu, cuda, cuda:N"
 CHANNELS_LAST_HELP = "GPU: channels_last layout of the networks (cuDNN's NHWC bf16 convolutions)"
 COMPILE_HELP = "GPU: torch.compile the generator and teacher (pays on long runs)"
-def layer_spec(spec: str) -> str | list[str]:
-    return spec if spec in ("blocks", "all") else [s.strip() for s in spec.split(",") if s.strip()]
-
-
 def run_labels(checkpoints: list[Path], labels: list[str] | None) -> list[str]:
     if labels and len(labels) != len(checkpoints):
         raise UserError(f"got {len(labels)} --label for {len(checkpoints)} checkpoints; give one "

@@ -45,7 +45,7 @@ def spectrum_cmd(
     Class-conditional networks: the denoiser sees the images' own labels (or --labels); the
     samples' classes are drawn uniformly per seed.
     """
-    from ..measure.frequency import spectrum_analysis
+    from ..measure.analyses.frequency import spectrum_analysis
     from ..nets.io import load_network
     from ..report.figures import band_error_figure, spectra_figure
     from ..runio import atomic_write_text

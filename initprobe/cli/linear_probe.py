@@ -6,18 +6,25 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from ..measure.analyses.profiles import DEFAULT_LAYERS
 from . import app
-from .common import DATA_HELP, DEVICE_HELP, PATH_HELP, dataset_for, numbers, run_labels
+from .common import (
+    DATA_HELP,
+    DEVICE_HELP,
+    LAYERS_HELP,
+    PATH_HELP,
+    dataset_for,
+    numbers,
+    run_labels,
+)
 
 Opt = typer.Option
-LAYERS_HELP = ("layer selector, the language of `initprobe layers --select` (decoder, res:4, "
-               "'enc.*', gdd, unions with , or +); default: the last conv of every block")
 
 
 def _summary(df: pd.DataFrame) -> list[str]:
     """Per run: its best layer, that layer's accuracy averaged over sigma and at its best
     sigma, and the chance level."""
-    from ..measure.linear_probe import best_layer_curves
+    from ..measure.analyses.linear_probe import best_layer_curves
     from ..report.probe_figures import chance_level
     lines = []
     for run, c in best_layer_curves(df).groupby("run", sort=False):
@@ -32,7 +39,7 @@ def _summary(df: pd.DataFrame) -> list[str]:
 def linear_probe_cmd(
     checkpoints: Annotated[list[Path], typer.Argument(help="checkpoints (file, stem, run dir)")],
     out: Annotated[Path, Opt("--out", help="output folder")],
-    layers: Annotated[str | None, Opt(help=LAYERS_HELP)] = None,
+    layers: Annotated[str, Opt(help=LAYERS_HELP)] = DEFAULT_LAYERS,
     sigmas: Annotated[str | None, Opt(help="comma-separated noise levels (default: the 18 EDM "
                                            "levels, 0.002 to 80)")] = None,
     data: Annotated[str, Opt(help=DATA_HELP)] = "digits",
@@ -60,7 +67,7 @@ def linear_probe_cmd(
     Example: initprobe linear-probe runs/teacher-digits runs/random-digits --label teacher
              --label random --sigmas 0.05,0.2,0.5,1,2,5 --out runs/linear-probe
     """
-    from ..measure.linear_probe import probe_many
+    from ..measure.analyses.linear_probe import probe_many
     from ..nets.io import load_network
     from ..report.probe_figures import accuracy_heatmaps, best_layer_figure
     from ..runio import atomic_write_text

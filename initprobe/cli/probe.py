@@ -6,6 +6,7 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from ..measure.analyses.profiles import DEFAULT_LAYERS
 from . import app
 from .common import (
     DATA_HELP,
@@ -15,7 +16,6 @@ from .common import (
     PATH_HELP,
     class_inputs,
     dataset_for,
-    layer_spec,
     run_labels,
 )
 
@@ -54,7 +54,7 @@ def probe_activations_cmd(
     data_path: Annotated[str | None, Opt(help=PATH_HELP)] = None,
     split: Annotated[str, Opt(help="train or test")] = "train",
     n_images: Annotated[int, Opt(help="number of real images")] = 256,
-    layers: Annotated[str, Opt(help=LAYERS_HELP)] = "blocks",
+    layers: Annotated[str, Opt(help=LAYERS_HELP)] = DEFAULT_LAYERS,
     stat: Annotated[str, Opt(help="mean_abs or rms")] = "mean_abs",
     seed: Annotated[int, Opt(help="noise seed (the same noise for every checkpoint)")] = 0,
     label: Annotated[list[str] | None, Opt(help="one per checkpoint (default: file stem)")] = None,
@@ -71,7 +71,7 @@ def probe_activations_cmd(
 
     Class-conditional networks see the images' own labels (or --labels, e.g. 3).
     """
-    from ..measure.activations import probe_many
+    from ..measure.analyses.activations import probe_many
     from ..nets.io import load_network
     from ..train.loop import pick_device
     names = run_labels(checkpoints, label)
@@ -79,7 +79,7 @@ def probe_activations_cmd(
     nets = {n: load_network(c).to(dev) for n, c in zip(names, checkpoints)}
     ds = dataset_for(next(iter(nets.values())), data, data_path, split, n_images)
     df = probe_many(nets, ds.images, class_inputs(nets, labels, ds, dev),
-                    layers=layer_spec(layers), stat=stat, seed=seed, batch=batch, progress=True)
+                    layers=layers, stat=stat, seed=seed, batch=batch, progress=True)
     _write(df, out, "activations", stat, f"{stat} of layer outputs, min-max per layer")
 
 
@@ -91,7 +91,7 @@ def attribute_cmd(
     data_path: Annotated[str | None, Opt(help=PATH_HELP)] = None,
     split: Annotated[str, Opt(help="train or test")] = "train",
     n_images: Annotated[int, Opt(help="number of real images")] = 64,
-    layers: Annotated[str, Opt(help=LAYERS_HELP)] = "blocks",
+    layers: Annotated[str, Opt(help=LAYERS_HELP)] = DEFAULT_LAYERS,
     method: Annotated[str, Opt(help="conductance or grad_x_act")] = "conductance",
     target: Annotated[str, Opt(help="loss (per-example EDM loss) or projection")] = "loss",
     baseline: Annotated[str, Opt(help="conductance baseline: mean (noisy input) or zero")] = "mean",
@@ -109,13 +109,13 @@ def attribute_cmd(
     Example: initprobe attribute runs/teacher-digits --method conductance --target loss
              --n-images 64 --internal-batch-size 32 --out runs/attr
     """
-    from ..measure.attribution import attribute
+    from ..measure.analyses.attribution import attribute
     from ..nets.io import load_network
     from ..train.loop import pick_device
     dev = pick_device(device)
     net = load_network(checkpoint).to(dev)
     ds = dataset_for(net, data, data_path, split, n_images)
-    df = attribute(net, ds.images, layers=layer_spec(layers), method=method, target=target,
+    df = attribute(net, ds.images, layers=layers, method=method, target=target,
                    seed=seed, internal_batch_size=internal_batch_size, n_steps=n_steps,
                    baseline=baseline, progress=True,
                    cond=class_inputs({"": net}, labels, ds, dev)[""])

@@ -28,7 +28,7 @@ def train_features_cmd(
     Example: initprobe train-features --data mnist --data-path ../shared/data/mnist.npz
     """
     from ..data import load_dataset
-    from ..measure.features import cache_dir, load_or_train
+    from ..measure.features.classifier import cache_dir, load_or_train
     train = load_dataset(data, data_path, "train", size)
     test = load_dataset(data, data_path, "test", size)
     _, meta = load_or_train(train, test, steps=steps, seed=seed)
@@ -41,7 +41,7 @@ def _setup(data: str, data_path: str | None, network: str, weights: Path | None,
     """(train data at the checkpoints' image side, extractor on the device, device, the
     checkpoints' networks); the networks are loaded and checked against the data before the
     extractor (maybe trained) is made."""
-    from ..measure.extractors import make_extractor
+    from ..measure.features.extractors import make_extractor
     from ..nets.io import dataset_for_network, load_network
     from ..train.loop import pick_device
     dev = pick_device(device)
@@ -92,7 +92,7 @@ def quality_cmd(
     FID:     initprobe quality runs/gen-cifar --data cifar10 --data-path DATA
              --network inception --inception-weights pt_inception-2015-12-05-6726825d.pth
     """
-    from ..measure.quality import (
+    from ..measure.analyses.quality import (
         class_metrics,
         quality_metrics,
         summarize_classes,
@@ -153,7 +153,7 @@ def relfid_cmd(
     Example: initprobe relfid --teacher runs/teacher-digits --student runs/gen-digits
              --steps 2,4,6,8,10 --sigma-mid 0.2,0.5,0.8,2,5 --n 1000 --out runs/relfid
     """
-    from ..measure.relfid import relfid_sweep
+    from ..measure.analyses.relfid import relfid_sweep
     from ..report.figures import relfid_figure
     from ..runio import atomic_write_text, writable_dir
     writable_dir(out)

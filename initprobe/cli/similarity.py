@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UserError
+from ..measure.analyses.profiles import DEFAULT_LAYERS
 from . import app
 from .common import (
     DATA_HELP,
@@ -15,7 +16,6 @@ from .common import (
     PATH_HELP,
     class_inputs,
     dataset_for,
-    layer_spec,
 )
 
 Opt = typer.Option
@@ -33,7 +33,7 @@ def cka_cmd(
     batch: Annotated[int, Opt(help="CKA minibatch size (>= 4; memory grows as batch^2)")] = 128,
     kernel: Annotated[str, Opt(help="linear or rbf (median-distance bandwidth)")] = "linear",
     sigma: Annotated[float, Opt(help="noise level of the layer x layer matrix")] = 0.5,
-    layers: Annotated[str, Opt(help=LAYERS_HELP)] = "blocks",
+    layers: Annotated[str, Opt(help=LAYERS_HELP)] = DEFAULT_LAYERS,
     seed: Annotated[int, Opt(help="noise seed (both networks see the same noisy images)")] = 0,
     label: Annotated[list[str] | None, Opt(help="two labels, A then B (default: file stems)")]
     = None,
@@ -49,7 +49,7 @@ def cka_cmd(
 
     Class-conditional networks see the images' own labels (or --labels, e.g. 3).
     """
-    from ..measure.similarity import cka_diagonal, cka_matrix
+    from ..measure.analyses.similarity import cka_diagonal, cka_matrix
     from ..nets.io import load_network
     from ..report.figures import cka_diagonal_figure, cka_matrix_heatmap
     from ..runio import atomic_write_text
@@ -61,7 +61,7 @@ def cka_cmd(
     net_a, net_b = load_network(a).to(dev), load_network(b).to(dev)
     ds = dataset_for(net_a, data, data_path, split, n_images)
     cond = class_inputs({"a": net_a, "b": net_b}, labels, ds, dev)
-    opts = dict(layers=layer_spec(layers), kernel=kernel, batch=batch, seed=seed,
+    opts = dict(layers=layers, kernel=kernel, batch=batch, seed=seed,
                 run=f"{name_a} vs {name_b}", cond=(cond["a"], cond["b"]))
     matrix = cka_matrix(net_a, net_b, ds.images, sigma, **opts)
     diagonal = cka_diagonal(net_a, net_b, ds.images, **opts)

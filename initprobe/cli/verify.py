@@ -64,7 +64,7 @@ def sample_best_of_cmd(
     from ..report.images import save_grid
     from ..runio import atomic_save_npz
     from ..train.loop import pick_device
-    from ..train.verifier import best_of_k, importance_resample, ratio_logits
+    from ..train.verifier import best_of_k, choose_best, importance_resample, ratio_logits
     if mode not in MODES:
         raise UserError(f"unknown --mode {mode!r}; choose best or resample")
     if k < 1 or n < 1 or sigma <= 0:
@@ -82,8 +82,7 @@ def sample_best_of_cmd(
 
     if mode == "best":
         x, d_all = best_of_k(gen_fn, ratio_net, z.reshape(n, k, *shape), sigma)
-        pick = d_all.argmin(1).cpu()
-        chosen = seeds.reshape(n, k)[torch.arange(n), pick]
+        chosen = choose_best(seeds.reshape(n, k), d_all.cpu())
         d = d_all.min(1).values.cpu()
         pool = torch.cat([gen_fn(zb) for zb in z.reshape(n, k, *shape)[:, 0].split(256)])
         summary = f"mean d {float(d_all[:, 0].mean()):.3f} -> {float(d.mean()):.3f}"

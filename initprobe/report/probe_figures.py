@@ -1,4 +1,4 @@
-"""Figures of linear-probe tables (`initprobe.measure.linear_probe`): test accuracy as a seaborn
+"""Figures of linear-probe tables (`measure.analyses.linear_probe`): test accuracy as a seaborn
 heatmap of layers x sigma, one panel per run; and each run's best layer's accuracy against sigma
 with the chance level."""
 
@@ -11,7 +11,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ..errors import UserError
-from ..measure.linear_probe import best_layer_curves, best_layers
+from ..measure.analyses.linear_probe import best_layer_curves, best_layers
 from .figures import _save_png
 
 ANNOTATE_CELLS = 120   # write the accuracy into the cells of panels up to this size

@@ -192,7 +192,7 @@ def best_of_k_figure(tables: dict, path: Path, first_seed: int) -> Path:
 
 def _seed_curves(detail: pd.DataFrame) -> pd.DataFrame:
     """Best-layer accuracy curves of every (run, seed) of a linear-probe detail table."""
-    from ..measure.linear_probe import best_layer_curves
+    from ..measure.analyses.linear_probe import best_layer_curves
     return pd.concat([best_layer_curves(d) for _, d in detail.groupby("seed", sort=False)],
                      ignore_index=True)
 

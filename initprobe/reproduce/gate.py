@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 from ..data import load_dataset
 from ..errors import UserError
-from ..measure.extractors import make_extractor
-from ..measure.quality import quality_metrics, summarize, summarize_data, summarize_samples
+from ..measure.analyses.quality import quality_metrics, summarize, summarize_data, summarize_samples
+from ..measure.features.extractors import make_extractor
 from ..runio import atomic_write_json
 from .config import digest
 

@@ -27,7 +27,7 @@ Measurements (main-table groups: metrics):
 - `best_of_k` (`best-of-K`, `resample-K` at x = K: quality of best-of-K and importance-resampled
   samples scored by run `arm`'s ratio estimator);
 - `linear_probe` (each run label: `probe_acc_init`, `probe_acc_after`, the linear-probe test
-  accuracy of the best layer averaged over `sigmas` (`measure.linear_probe`) of the run's
+  accuracy of the best layer averaged over `sigmas` (`measure.analyses.linear_probe`) of the run's
   initial and trained network on the first `n_images` training images, split and noise seeded
   by the run's seed, and `probe_acc_kept` = after / init); detail `linear-probe-layers`.
 """
@@ -43,19 +43,19 @@ import torch
 
 from ..diffusion import generate, latents
 from ..errors import UserError
-from ..measure.activations import probe_activations, probe_many
-from ..measure.frequency import denoiser_spectra, mean_spectrum
-from ..measure.linear_probe import best_layer_accuracy
-from ..measure.linear_probe import probe_many as linear_probe_many
-from ..measure.quality import quality_metrics, sample_batches, summarize, summarize_samples
-from ..measure.relfid import relfid_sweep
-from ..measure.similarity import cka_diagonal
-from ..measure.spectrum import band_edges, band_error
+from ..measure.analyses.activations import probe_activations, probe_many
+from ..measure.analyses.frequency import denoiser_spectra, mean_spectrum
+from ..measure.analyses.linear_probe import best_layer_accuracy
+from ..measure.analyses.linear_probe import probe_many as linear_probe_many
+from ..measure.analyses.quality import quality_metrics, sample_batches, summarize, summarize_samples
+from ..measure.analyses.relfid import relfid_sweep
+from ..measure.analyses.similarity import cka_diagonal
+from ..measure.metrics.spectrum import band_edges, band_error
 from ..nets.io import latest_checkpoint
 from ..runio import read_jsonl
 from ..train.onestep import TRAINING, train_onestep
 from ..train.ratio import load_estimator
-from ..train.verifier import importance_resample, ratio_logits
+from ..train.verifier import choose_best, importance_resample, ratio_logits
 from .memory import peak_bytes
 
 QUALITY = ("fd_classifier", "kid_classifier", "precision", "recall", "density", "coverage",
@@ -241,7 +241,7 @@ def best_of_k(sr, opts) -> dict[str, pd.DataFrame]:
             return _quality_values(quality_metrics(summarize(extractor, images.split(256)),
                                                    reference, extractor))
         for k in ks:
-            best = x[torch.arange(n), d[:, :k].argmin(dim=1)]
+            best = choose_best(x, d, k)
             pool = x[:, :k].reshape(n * k, *shape)
             chosen, _, _ = importance_resample(pool, estimator, sigma, n,
                                                torch.Generator().manual_seed(seed))

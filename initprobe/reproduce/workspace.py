@@ -23,9 +23,8 @@ import torch
 
 from ..data import Dataset, load_dataset
 from ..errors import UserError
-from ..measure.extractors import Extractor, weights_hash
-from ..measure.features import load_or_train
-from ..measure.quality import FeatureSummary, summarize_data
+from ..measure.analyses.quality import FeatureSummary, summarize_data
+from ..measure.features.extractors import Extractor, classifier_extractor
 from ..nets.io import latest_checkpoint, load_network, read_meta
 from ..train.loop import pick_device, to_plain
 from ..train.onestep import OneStepConfig, build_generator, resolve_config, train_onestep
@@ -184,9 +183,7 @@ class Workspace:
                             self.data.shape[-1])
         steps = self.profile.student.get("eval_classifier_steps",
                                          OneStepConfig.eval_classifier_steps)
-        fnet, meta = load_or_train(self.data, test, steps=steps, progress=False)
-        extractor = Extractor("classifier", fnet.body, weights_hash(fnet), fnet.head,
-                              meta["num_classes"]).to(self.device)
+        extractor = classifier_extractor(self.data, test, steps, progress=False).to(self.device)
         return extractor, summarize_data(extractor, self.data)
 
     def network(self, path: str | Path):

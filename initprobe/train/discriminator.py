@@ -6,7 +6,7 @@
   `teacher_tap`: the teacher's UNet encoder on the clean image with its noise level set to
   `disc_sigma` (no noise is added, so D is deterministic as in Projected GAN); the output of the
   last block at each encoder resolution, found with `layers.named_blocks`; the decoder never runs.
-  `classifier_tap`: the conv body of a domain classifier (`measure.features.FeatureNet`, the
+  `classifier_tap`: the conv body of a domain classifier (`measure.features.classifier`, the
   activation after each conv). It is trained with seed 1, so it is not the seed-0 classifier that
   measures sample quality (features the generator is trained against would flatter the metric).
 - P_s: frozen random 1x1 projections (Projected GAN's cross-channel mixing), stored as buffers;

@@ -4,7 +4,7 @@ quality of the EMA generator against the training images, and when to evaluate.
 `cfg` is the trainer's `OneStepConfig` (`data`, `data_path`, `eval_classifier_steps`, `eval_n`,
 `eval_every`, `eval_at`, `batch`). A class-conditional run's evaluation sample i carries a label
 drawn at the data's class frequencies from seed i alone (`nets.labels.seed_labels`), and the
-metrics add per-class quality and the label accuracy (`measure.quality.class_metrics`).
+metrics add per-class quality and the label accuracy (`measure.analyses.quality.class_metrics`).
 """
 
 import contextlib
@@ -13,15 +13,14 @@ import torch
 
 from ..data import load_dataset
 from ..diffusion import latents
-from ..measure.extractors import Extractor, weights_hash
-from ..measure.features import load_or_train
-from ..measure.quality import (
+from ..measure.analyses.quality import (
     class_metrics,
     quality_metrics,
     summarize,
     summarize_classes,
     summarize_data,
 )
+from ..measure.features.extractors import classifier_extractor
 from ..nets.labels import bind, class_frequencies, one_hot, seed_labels
 
 
@@ -54,9 +53,8 @@ class Evaluator:
 
     def __init__(self, cfg, train, dev, classes: int = 0):
         test = load_dataset(cfg.data, cfg.data_path, "test", size=train.shape[-1])
-        fnet, meta = load_or_train(train, test, steps=cfg.eval_classifier_steps, progress=False)
-        self.extractor = Extractor("classifier", fnet.body, weights_hash(fnet), fnet.head,
-                                   meta["num_classes"]).to(dev)
+        self.extractor = classifier_extractor(train, test, cfg.eval_classifier_steps,
+                                              progress=False).to(dev)
         self.reference = summarize_data(self.extractor, train)
         self.cfg, self.shape, self.dev = cfg, train.shape, dev
         self.labels = seed_labels(range(cfg.eval_n), class_frequencies(train.labels, classes)) \

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..data import load_dataset
-from ..measure.features import load_or_train
+from ..measure.features.classifier import load_or_train
 from ..nets.labels import label_dim
 from .auxnet import adam, check_options, option, sync_gradients
 from .discriminator import CLASSIFIER_SEED, Discriminator, classifier_tap, teacher_tap

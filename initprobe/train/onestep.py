@@ -14,7 +14,7 @@ the EMA (it then equals the generator).
 Evaluation (rank 0): at the start, every `eval_every` images, at the first step reaching each of
 `eval_at` (log-spaced budgets: one run yields the whole learning curve) and at the end, quality of
 `eval_n` EMA samples from latent seeds 0..eval_n-1 against the training images, on the cached
-domain classifier (`measure.features.load_or_train`, `eval_classifier_steps`). metrics.jsonl holds
+domain classifier (`measure.features.classifier`, `eval_classifier_steps`). metrics.jsonl holds
 `kind: "train"` lines (losses, images/s) and `kind: "eval"` lines (fd_classifier, precision, ...).
 
 Class-conditional (`labels`, a conditional teacher): the generator is the teacher's network, so
@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from ..ablate.ops import build_init
 from ..diffusion import SIGMA_MAX, one_step, two_step
 from ..errors import UserError
-from ..measure.extractors import weights_hash
+from ..measure.features.extractors import weights_hash
 from ..nets.diffusers_adapter import DiffusersDenoiser, describe
 from ..nets.io import dataset_for_network, ema_copy, load_network
 from ..nets.labels import bind, class_labels, label_dim, one_hot

@@ -7,7 +7,7 @@ samples toward the data. It is evaluated on the clean sample x with the noise la
 the range of noise levels the estimator was trained on.
 
 - `best_of_k`: every output draws K candidates and keeps the one with the largest weight
-  (the smallest d, the most data-like);
+  (the smallest d, the most data-like; `choose_best` picks among candidates already drawn);
 - `importance_resample`: draws n of a pool of samples with replacement, with probabilities
   proportional to exp(-d) (self-normalized importance resampling: where the estimator is exact,
   the resampled set tends to p_student * w, i.e. to p_data, as the pool grows).
@@ -22,6 +22,14 @@ def ratio_logits(ratio_net, x: torch.Tensor, sigma_small: float, batch: int = 25
     return torch.cat([ratio_net(xb, sigma_small).float() for xb in x.split(batch)])
 
 
+def choose_best(candidates: torch.Tensor, d: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """`candidates` [N, K, ...] with their d [N, K]: per output the candidate with the smallest d
+    among its first `k` (all K by default), [N, ...]."""
+    k = d.shape[1] if k is None else k
+    best = d[:, :k].argmin(dim=1).to(candidates.device)
+    return candidates[torch.arange(len(d), device=candidates.device), best]
+
+
 @torch.no_grad()
 def best_of_k(gen_fn, ratio_net, z_groups: torch.Tensor, sigma_small: float,
               batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,8 +38,7 @@ def best_of_k(gen_fn, ratio_net, z_groups: torch.Tensor, sigma_small: float,
     n, k = z_groups.shape[:2]
     x = torch.cat([gen_fn(zb) for zb in z_groups.flatten(0, 1).split(batch)])
     d = ratio_logits(ratio_net, x, sigma_small, batch).reshape(n, k)
-    best = d.argmin(dim=1)
-    return x.reshape(n, k, *x.shape[1:])[torch.arange(n, device=x.device), best], d
+    return choose_best(x.reshape(n, k, *x.shape[1:]), d), d
 
 
 @torch.no_grad()

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..nets.layers import named_layers
+from ...errors import UserError
+from ...nets.layers import named_layers
 
 
 def modules_by_id(net: nn.Module, layer_ids: Iterable[str]) -> dict[str, nn.Module]:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ...errors import UserError
 
 FEATURE_DIM = 2048
 SIZE = 299

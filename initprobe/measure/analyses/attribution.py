@@ -33,12 +33,19 @@ from captum.attr import LayerConductance, LayerGradientXActivation
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..nets.labels import bind, cond_batches
-from ..nets.precond import SIGMA_DATA
-from ..schema import frame
-from .hooks import modules_by_id
-from .profiles import default_sigmas, fixed_noise, layer_record, select_layers, with_minmax
+from ...errors import UserError
+from ...nets.labels import bind, cond_batches
+from ...nets.precond import SIGMA_DATA
+from ...schema import frame
+from ..features.hooks import modules_by_id
+from .profiles import (
+    DEFAULT_LAYERS,
+    default_sigmas,
+    fixed_noise,
+    layer_record,
+    select_layers,
+    with_minmax,
+)
 
 METHODS = ("conductance", "grad_x_act")
 TARGETS = ("loss", "projection")
@@ -104,7 +111,7 @@ def layer_attributions(forward: Callable, noisy: torch.Tensor, clean: torch.Tens
 
 
 def attribute(net: nn.Module, images: torch.Tensor, sigmas: Sequence[float] | None = None,
-              layers: str | Sequence[str] = "blocks", method: str = "conductance",
+              layers: str | Sequence[str] = DEFAULT_LAYERS, method: str = "conductance",
               target: str = "loss", seed: int = 0, batch: int = 64,
               internal_batch_size: int | None = None, n_steps: int = 50,
               baseline: str = "mean", progress: bool = False,

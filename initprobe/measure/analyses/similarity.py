@@ -1,11 +1,11 @@
 """Representation similarity (CKA) of two denoisers on the same noised real images (claim C8).
 
 Both networks see the same inputs y = x + sigma n, with one fixed noise draw per image
-(`profiles.fixed_noise`), at the layers chosen by `profiles.select_layers` (default `"blocks"`:
-the last conv of every block, as the activation probe). Images are processed in minibatches of
-nearly equal size; each layer's output is flattened per image and enters `MinibatchCKA`
-(unbiased HSIC summed over minibatches), so the number of images is not limited by memory:
-memory is O(L b^2) for L layers and minibatch size b.
+(`profiles.fixed_noise`), at the layers a selector names (`profiles.select_layers`; default
+`blocks`: the last conv of every block, as the activation probe). Images are processed in
+minibatches of nearly equal size; each layer's output is flattened per image and enters
+`MinibatchCKA` (unbiased HSIC summed over minibatches), so the number of images is not limited
+by memory: memory is O(L b^2) for L layers and minibatch size b.
 
 - `cka_matrix(net_a, net_b, images, sigma)`: layer x layer matrix at one noise level, rows
   A's layers, columns B's (the two networks may differ in architecture).
@@ -22,12 +22,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..nets.labels import bind
-from ..schema import frame
-from .cka import MinibatchCKA
-from .hooks import capture
-from .profiles import default_sigmas, fixed_noise, layer_record, select_layers
+from ...errors import UserError
+from ...nets.labels import bind
+from ...schema import frame
+from ..features.hooks import capture
+from ..metrics.cka import MinibatchCKA
+from .profiles import DEFAULT_LAYERS, default_sigmas, fixed_noise, layer_record, select_layers
 
 
 def _activations(net: nn.Module, ids: list[str], y: torch.Tensor, sigma: float,
@@ -70,8 +70,9 @@ def _inputs(net_a, images, seed):
 
 
 def cka_matrix(net_a: nn.Module, net_b: nn.Module, images: torch.Tensor, sigma: float = 0.5,
-               layers: str | Sequence[str] = "blocks", kernel: str = "linear", batch: int = 256,
-               seed: int = 0, run: str = "A vs B", cond=(None, None)) -> pd.DataFrame:
+               layers: str | Sequence[str] = DEFAULT_LAYERS, kernel: str = "linear",
+               batch: int = 256, seed: int = 0, run: str = "A vs B",
+               cond=(None, None)) -> pd.DataFrame:
     """Layer x layer minibatch CKA at noise level `sigma`; rows in network order (A's layers
     outer, B's inner). Both networks must be on the same device. `cond`: the one-hot class
     labels A and B see (None for an unconditional network)."""
@@ -85,9 +86,10 @@ def cka_matrix(net_a: nn.Module, net_b: nn.Module, images: torch.Tensor, sigma: 
 
 
 def cka_diagonal(net_a: nn.Module, net_b: nn.Module, images: torch.Tensor,
-                 sigmas: Sequence[float] | None = None, layers: str | Sequence[str] = "blocks",
-                 kernel: str = "linear", batch: int = 256, seed: int = 0,
-                 run: str = "A vs B", cond=(None, None)) -> pd.DataFrame:
+                 sigmas: Sequence[float] | None = None,
+                 layers: str | Sequence[str] = DEFAULT_LAYERS, kernel: str = "linear",
+                 batch: int = 256, seed: int = 0, run: str = "A vs B",
+                 cond=(None, None)) -> pd.DataFrame:
     """CKA of each layer of A with the same layer of B at each sigma (ascending); the layer ids
     must exist in both networks. `cond` as in `cka_matrix`."""
     ids = select_layers(net_a, layers)

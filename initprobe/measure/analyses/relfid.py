@@ -22,11 +22,11 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from ..data import Dataset
-from ..errors import UserError
-from ..schema import frame
-from .distances import frechet_distance
-from .extractors import Extractor
+from ...data import Dataset
+from ...errors import UserError
+from ...schema import frame
+from ..features.extractors import Extractor
+from ..metrics.distances import frechet_distance
 from .quality import FeatureSummary, summarize_data, summarize_samples
 
 STEP_SAMPLERS = ("heun", "euler")

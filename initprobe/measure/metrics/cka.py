@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from initprobe.errors import UserError
+from ...errors import UserError
 
 KERNELS = ("linear", "rbf")
 

@@ -34,20 +34,20 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..data import Dataset
-from ..diffusion import SAMPLERS, generate, latents
-from ..errors import UserError
-from ..nets.labels import class_labels, label_dim, one_hot
-from ..runio import atomic_save_npz
-from .distances import (
+from ...data import Dataset
+from ...diffusion import SAMPLERS, generate, latents
+from ...errors import UserError
+from ...nets.labels import class_labels, label_dim, one_hot
+from ...runio import atomic_save_npz
+from ..features.classifier import cache_dir
+from ..features.extractors import Extractor
+from ..metrics.distances import (
     FeatureStats,
     class_histogram_stats,
     frechet_distance,
     kid,
     precision_recall_coverage,
 )
-from .extractors import Extractor
-from .features import cache_dir
 
 KEEP = 2000  # feature vectors kept per side for KID and the k-NN estimates (memory is KEEP^2)
 STATS_VERSION = 2

@@ -20,11 +20,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import Dataset
-from ..runio import atomic_save, atomic_write_json
+from ...data import Dataset
+from ...runio import atomic_save, atomic_write_json
 
 ARCH_VERSION = 1
 FEATURE_DIM = 128
+STEPS = 1500   # training steps of the classifier that measures quality
 
 
 def cache_dir() -> Path:
@@ -56,7 +57,7 @@ def _key(data: Dataset, steps: int, seed: int) -> str:
     return h.hexdigest()[:16]
 
 
-def train_feature_net(train: Dataset, test: Dataset | None = None, steps: int = 1500,
+def train_feature_net(train: Dataset, test: Dataset | None = None, steps: int = STEPS,
                       batch: int = 128, seed: int = 0, progress: bool = True):
     """Train the classifier (Adam, random translations of +-1 pixel); returns (net, accuracy)."""
     g = torch.Generator().manual_seed(seed)
@@ -83,7 +84,7 @@ def train_feature_net(train: Dataset, test: Dataset | None = None, steps: int = 
     return net, float((pred == ref.labels).float().mean())
 
 
-def load_or_train(train: Dataset, test: Dataset | None = None, steps: int = 1500, seed: int = 0,
+def load_or_train(train: Dataset, test: Dataset | None = None, steps: int = STEPS, seed: int = 0,
                   progress: bool = True) -> tuple[FeatureNet, dict]:
     """The cached classifier for this data, training and caching it on first use."""
     stem = cache_dir() / "features" / _key(train, steps, seed)

@@ -24,12 +24,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..errors import UserError
-from ..nets.labels import bind, class_labels, cond_batches
-from ..schema import frame
+from ...errors import UserError
+from ...nets.labels import bind, class_labels, cond_batches
+from ...schema import frame
+from ..metrics.spectrum import band_edges, band_error, band_power, radial_power_spectrum
 from .profiles import default_sigmas, fixed_noise
 from .quality import sample_batches
-from .spectrum import band_edges, band_error, band_power, radial_power_spectrum
 
 
 class SpectrumMean:

@@ -28,23 +28,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..schema import frame
-from .hooks import capture
-from .profiles import block_layer_ids, default_sigmas, fixed_noise, layer_record
+from ...errors import UserError
+from ...schema import frame
+from ..features.hooks import capture
+from .profiles import DEFAULT_LAYERS, default_sigmas, fixed_noise, layer_record, select_layers
 
 CLASSIFIERS = ("ridge", "logistic")
 ALPHAS = np.logspace(-3, 3, 13)
 CS = np.logspace(-3, 2, 6)
-
-
-def probe_layers(net: nn.Module, spec: str | None) -> list[str]:
-    """The layers to probe: `spec` in the selector language (`initprobe.ablate.select`), or
-    the last conv of every block when None."""
-    if spec is None:
-        return block_layer_ids(net)
-    from ..ablate.select import select
-    return select(net, spec)
 
 
 def _pool(h: torch.Tensor) -> torch.Tensor:
@@ -119,7 +110,8 @@ def chance_accuracy(labels: np.ndarray, train: np.ndarray, test: np.ndarray) -> 
 
 
 def linear_probe(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 sigmas: Sequence[float] | None = None, layers: str | None = None,
+                 sigmas: Sequence[float] | None = None,
+                 layers: str | Sequence[str] = DEFAULT_LAYERS,
                  classifier: str = "ridge", seed: int = 0, test_fraction: float = 0.5,
                  batch: int = 256, progress: bool = False) -> pd.DataFrame:
     """Probe accuracies of `net` on `images` [N, C, H, W] with integer `labels` [N] (module
@@ -130,7 +122,7 @@ def linear_probe(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         raise UserError(f"{len(images)} images but {len(labels)} labels; give one label per "
                         f"image")
     make_classifier(classifier, seed)  # an unknown classifier fails before any forward pass
-    ids = probe_layers(net, layers)
+    ids = select_layers(net, layers)
     sigmas = default_sigmas() if sigmas is None else sorted(float(s) for s in sigmas)
     y = labels.cpu().numpy().astype(np.int64)
     train, test = split(y, test_fraction, seed)

@@ -14,8 +14,8 @@ import os
 import numpy as np
 import torch
 
-from initprobe.errors import UserError
-from initprobe.runio import atomic_save_npz
+from ...errors import UserError
+from ...runio import atomic_save_npz
 
 
 def _features(x, name: str = "features") -> np.ndarray:

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import Dataset
-from ..errors import UserError
+from ...data import Dataset
+from ...errors import UserError
 
 NETWORKS = ("classifier", "inception")
 
@@ -74,10 +74,13 @@ class Extractor:
         return f.double().cpu(), labels.cpu(), conf.double().cpu()
 
 
-def classifier_extractor(train: Dataset, test: Dataset | None = None) -> Extractor:
-    """The cached domain classifier for `train` (trained on first use)."""
-    from .features import load_or_train
-    fnet, meta = load_or_train(train, test)
+def classifier_extractor(train: Dataset, test: Dataset | None = None, steps: int | None = None,
+                         progress: bool = True) -> Extractor:
+    """The cached domain classifier for `train` (trained on first use, for `steps` steps;
+    default `classifier.STEPS`), scored on `test`."""
+    from .classifier import STEPS, load_or_train
+    fnet, meta = load_or_train(train, test, steps=STEPS if steps is None else steps,
+                               progress=progress)
     return Extractor("classifier", fnet.body, weights_hash(fnet), fnet.head, meta["num_classes"])
 
 

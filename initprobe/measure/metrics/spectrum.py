@@ -13,7 +13,7 @@ beyond the last bin are dropped. A bin's value is the mean power of the frequenc
 
 import torch
 
-from initprobe.errors import UserError
+from ...errors import UserError
 
 DEFAULT_BANDS = {"low": (0.0, 1 / 3), "mid": (1 / 3, 2 / 3), "high": (2 / 3, 1.0)}
 

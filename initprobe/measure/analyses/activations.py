@@ -16,11 +16,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..nets.labels import bind, cond_batches
-from ..schema import frame
-from .hooks import capture
-from .profiles import default_sigmas, fixed_noise, layer_record, select_layers, with_minmax
+from ...errors import UserError
+from ...nets.labels import bind, cond_batches
+from ...schema import frame
+from ..features.hooks import capture
+from .profiles import (
+    DEFAULT_LAYERS,
+    default_sigmas,
+    fixed_noise,
+    layer_record,
+    select_layers,
+    with_minmax,
+)
 
 STATS = ("mean_abs", "rms")
 
@@ -35,7 +42,7 @@ def _per_image(stat: str):
 
 @torch.no_grad()
 def probe_activations(net: nn.Module, images: torch.Tensor, sigmas: Sequence[float] | None = None,
-                      layers: str | Sequence[str] = "blocks", stat: str = "mean_abs",
+                      layers: str | Sequence[str] = DEFAULT_LAYERS, stat: str = "mean_abs",
                       seed: int = 0, batch: int = 256, progress: bool = False,
                       cond: torch.Tensor | None = None) -> pd.DataFrame:
     """The activation statistic of each layer at each sigma (default `default_sigmas()`),

@@ -3,10 +3,9 @@ fixed noise, and the min-max normalization across sigma.
 
 - Sigma grid: EDM's 18-level Karras grid plus sigma_max = 80 (already its first level, so the
   union is 18 levels), ascending.
-- Layer selection: `"blocks"` is the last conv of every UNet block (`layers.named_blocks` +
-  `layers.last_conv_id`: `conv1`, or `proj` in attention blocks; the stem and head convs
-  themselves), `"all"` every named layer, or an explicit list of canonical ids. Always in
-  network order (encoder, bottleneck, decoder).
+- Layer selection: a selector spec in the language of `initprobe.ablate.select` (the default
+  `"blocks"` is the last conv of every block; `decoder`, `enc.*`, `res:4-attention`, ...), or
+  an explicit list of canonical ids. Always in network order (encoder, bottleneck, decoder).
 - Noise: one standard-normal draw per image from a generator seeded with `seed`, reused at every
   sigma (common random numbers: profiles across sigma are smooth and every checkpoint compared
   sees the same noisy inputs).
@@ -20,12 +19,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..diffusion import SIGMA_MAX, karras_sigmas
-from ..errors import UserError
-from ..nets.layers import last_conv_id, named_blocks, named_layers, parse
-from .hooks import modules_by_id
+from ...ablate.select import BLOCKS, select
+from ...diffusion import SIGMA_MAX, karras_sigmas
+from ...errors import UserError
+from ...nets.layers import named_layers, parse
+from ..features.hooks import modules_by_id
 
-LAYER_SETS = ("blocks", "all")
+DEFAULT_LAYERS = BLOCKS
 
 
 def default_sigmas() -> list[float]:
@@ -36,31 +36,14 @@ def default_sigmas() -> list[float]:
     return sorted(grid)
 
 
-def block_layer_ids(net: nn.Module) -> list[str]:
-    """Canonical id of the last conv of every block, in network order; UserError for a block
-    whose last conv is not a named layer (`layers.last_conv_id` finds none)."""
-    ids = []
-    for name in named_blocks(net):
-        conv = last_conv_id(net, name)
-        if conv is None:
-            raise UserError(f"block {name}: its last conv is not a named layer of this network; "
-                            f"use layers 'all' or a list of layer ids")
-        ids.append(conv)
-    return ids
-
-
 def select_layers(net: nn.Module, layers: str | Sequence[str]) -> list[str]:
-    """Resolve `"blocks"`, `"all"` or a list of ids (validated, deduplicated) into canonical ids
-    in network order."""
+    """Resolve a selector spec (`initprobe.ablate.select`) or a list of ids (validated,
+    deduplicated) into canonical ids in network order."""
     if isinstance(layers, str):
-        if layers == "blocks":
-            return block_layer_ids(net)
-        if layers == "all":
-            return list(named_layers(net))
-        raise UserError(f"unknown layer set {layers!r}; choose one of {', '.join(LAYER_SETS)} "
-                        f"or give a list of layer ids")
+        return select(net, layers)
     if not layers:
-        raise UserError("no layers selected; give blocks, all, or at least one layer id")
+        raise UserError(f"no layers selected; give a selector such as {DEFAULT_LAYERS} or "
+                        f"decoder, or at least one layer id")
     wanted = modules_by_id(net, layers)
     return [i for i in named_layers(net) if i in wanted]
 

@@ -1,0 +1,1 @@
+"""Feature networks and hooks: the classifier and Inception extractors, layer capture."""

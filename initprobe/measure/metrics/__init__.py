@@ -1,0 +1,1 @@
+"""Measurement metric maths: distances, CKA, spectra (no networks, no data)."""

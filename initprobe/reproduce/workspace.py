@@ -158,7 +158,8 @@ class Workspace:
 
     def run_dir(self, cfg: OneStepConfig) -> Path:
         key = {k: v for k, v in to_plain(cfg.to_flat()).items() if k != "seed"}
-        return self.root / "runs" / f"{cfg.objective}-{cfg.init}-{digest(key)}" / f"seed{cfg.seed}"
+        name = f"{cfg.objective}-{cfg.init_spec.init}-{digest(key)}"
+        return self.root / "runs" / name / f"seed{cfg.seed}"
 
     def train(self, cfg: OneStepConfig, label: str) -> Path:
         out = self.run_dir(cfg)

@@ -31,8 +31,8 @@ from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import PRESETS, UNetConfig
 from initprobe.reproduce.memory import peak_bytes
 from initprobe.train.loop import pick_device
-from initprobe.train.objectives import objective_class
-from initprobe.train.onestep import OneStepConfig, build_generator, generator_map, resolve_config
+from initprobe.train.objectives import Setting, objective_class
+from initprobe.train.onestep import OneStepConfig, build_generator, resolve_config
 from initprobe.train.speed import Speed, apply_speed
 
 # dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s; the first
@@ -59,15 +59,16 @@ def device_peak(dev: torch.device, given: float | None) -> tuple[float | None, s
 
 def trainer_step(teacher, options: dict, batch: int, speed: Speed, dev: torch.device):
     """A function doing step k of the one-step trainer (module docstring)."""
-    cfg = resolve_config(OneStepConfig(teacher="(benchmark)", batch=batch, lr=1e-4, **options))
-    cfg.unet = teacher.cfg.to_dict()
+    cfg = resolve_config(OneStepConfig.from_flat({"teacher": "(benchmark)", "batch": batch,
+                                                  "lr": 1e-4, **options}))
     gen, _ = build_generator(cfg, teacher)
     shape = (teacher.cfg.in_channels, teacher.cfg.img_resolution, teacher.cfg.img_resolution)
-    objective = objective_class(cfg.objective)(teacher, cfg, shape, dev)
+    setting = Setting(shape, dev, cfg.lr_aux, cfg.betas, cfg.seed)
+    objective = objective_class(cfg.objective)(teacher, cfg.options, setting)
     opt = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=cfg.lr,
                            betas=cfg.betas)
     apply_speed(speed, dev, gen, teacher)
-    sample = generator_map(cfg)
+    sample = cfg.gen_map
     real_images = torch.rand(1024, *shape, device=dev) * 2 - 1
 
     def step(k: int):

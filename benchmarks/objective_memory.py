@@ -17,6 +17,7 @@ Numbers are printed, not asserted.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -50,6 +51,16 @@ def write_teacher(folder: Path, preset: str, resolution: int) -> Path:
 class NullObjective:
     """The baseline: no auxiliary network; the generator trains on mean(G(z)^2)."""
 
+    lr_aux = 1e-4
+
+    def __init__(self, teacher=None, options=None, setting=None):
+        pass
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        def check(self):
+            pass
+
     def aux_step(self, fake, real, g, step):
         return {}
 
@@ -60,14 +71,10 @@ class NullObjective:
         return {}
 
 
-def register_null(teacher, cfg, data_shape, device):
-    return NullObjective()
-
-
 def run_objective(args, objective: str):
     from initprobe.train.objectives import OBJECTIVES
     from initprobe.train.onestep import OneStepConfig, train_onestep
-    OBJECTIVES["baseline"] = "__main__:register_null"  # this script, in the child process
+    OBJECTIVES["baseline"] = "__main__:NullObjective"  # this script, in the child process
     cfg = OneStepConfig(teacher=args.teacher, objective=objective, batch=args.batch,
                         images=args.batch * args.steps, eval_n=0, ckpt_every=10**9,
                         log_every=10**9)

@@ -21,19 +21,19 @@ from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import PRESETS, UNetConfig
 from initprobe.runio import read_jsonl
 from initprobe.train.loop import update_ema
-from initprobe.train.objectives import OBJECTIVES, objective_class
+from initprobe.train.objectives import OBJECTIVES, Setting, objective_class
 from initprobe.train.onestep import OneStepConfig, resolve_config, train_onestep
 
 
 def bare(cfg: OneStepConfig, steps: int) -> float:
-    cfg = resolve_config(OneStepConfig(**vars(cfg)))
+    cfg = resolve_config(cfg)
     teacher = load_network(cfg.teacher).requires_grad_(False)
-    cfg.unet = teacher.cfg.to_dict()
     images = load_dataset("digits").images
     gen = Denoiser(teacher.cfg, "edm-eps")
     gen.load_state_dict(teacher.state_dict())
     ema = ema_copy(gen)
-    objective = objective_class(cfg.objective)(teacher, cfg, tuple(images.shape[1:]), "cpu")
+    setting = Setting(tuple(images.shape[1:]), "cpu", cfg.lr_aux, cfg.betas, cfg.seed)
+    objective = objective_class(cfg.objective)(teacher, cfg.options, setting)
     opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=cfg.betas)
     t0 = time.perf_counter()
     for step in range(steps):
@@ -53,7 +53,7 @@ def bare(cfg: OneStepConfig, steps: int) -> float:
 
 def trainer(cfg: OneStepConfig, steps: int) -> float:
     with tempfile.TemporaryDirectory() as d:
-        train_onestep(OneStepConfig(**vars(cfg)), d, progress=False)
+        train_onestep(cfg, d, progress=False)
         return [r for r in read_jsonl(f"{d}/metrics.jsonl") if "images_per_s" in r][-1][
             "images_per_s"]
 

@@ -4,9 +4,15 @@ All samplers take a denoiser `net(x, sigma)` and latents `z ~ N(0, I)` and are d
 given `z`. Defaults follow EDM: sigma_min 0.002, sigma_max 80, rho 7.
 """
 
+import math
+from dataclasses import dataclass, fields
+
 import torch
 
+from .errors import UserError
 from .nets.labels import bind
+from .nets.precond import per_image
+from .options import opt
 
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 P_MEAN, P_STD = -1.2, 1.2
@@ -30,7 +36,7 @@ def sample_sigma(n: int, generator: torch.Generator | None = None, device=None) 
 def edm_loss(net, images: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
              sigma_data: float = 0.5) -> torch.Tensor:
     """EDM's weighted denoising loss, averaged over the batch (per-pixel mean)."""
-    s = sigma.reshape(-1, 1, 1, 1)
+    s = per_image(sigma)
     weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
     denoised = net(images + noise * s, sigma)
     return (weight * (denoised - images) ** 2).mean()
@@ -50,16 +56,30 @@ def euler(net, z: torch.Tensor, steps: int = 18, sigma_min: float = SIGMA_MIN,
     return _ode(net, z, karras_sigmas(steps, sigma_min, sigma_max, rho), second_order=False)
 
 
+def heun_step(net, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+              second_order: bool = True) -> torch.Tensor:
+    """One step of the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma from `t` to
+    `t_next` (per-image levels, or one level as a 0-d tensor): Euler, plus Heun's correction
+    when `second_order` (it needs `t_next` > 0)."""
+    t4, n4 = per_image(t), per_image(t_next)
+    d = (x - net(x, t)) / t4
+    x_next = x + (n4 - t4) * d
+    if not second_order:
+        return x_next
+    d_next = (x_next - net(x_next, t_next)) / n4
+    return x + (n4 - t4) * (d + d_next) / 2
+
+
 def _ode(net, z, sigmas, second_order):
+    """The ODE in float64 over `sigmas` and a final 0 (the last step is Euler)."""
     sigmas = torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
     x = z.to(torch.float64) * sigmas[0]
+
+    def denoise(x, s):
+        return net(x.float(), float(s)).double()
+
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        d = (x - net(x.float(), float(s)).double()) / s
-        x_next = x + (s_next - s) * d
-        if second_order and s_next > 0:
-            d2 = (x_next - net(x_next.float(), float(s_next)).double()) / s_next
-            x_next = x + (s_next - s) * (d + d2) / 2
-        x = x_next
+        x = heun_step(denoise, x, s, s_next, second_order and bool(s_next > 0))
     return x.float()
 
 
@@ -76,17 +96,58 @@ def two_step(net, z: torch.Tensor, sigma_mid: float, sigma_max: float = SIGMA_MA
     return net(x_mid, sigma_mid)
 
 
+MAP = "Generator map"
+
+
+@dataclass(frozen=True)
+class GeneratorMap:
+    """How a student maps latents to images: G(z) = D(s z; s) at s = `sigma_cond`, or with
+    `steps=2` GDD's two-step map through `sigma_mid`. A student checkpoint records it
+    (`to_meta`); any other network is the default one-step map at sigma 80 (`of_meta`)."""
+
+    sigma_cond: float = opt(SIGMA_MAX, "noise level the generator runs at (G(z) = D(s z; s))",
+                            panel=MAP)
+    steps: int = opt(1, "1: one-step map; 2: GDD's two-step map", panel=MAP)
+    sigma_mid: float = opt(2.0, "intermediate sigma of the two-step map", panel=MAP)
+
+    def __call__(self, net, z: torch.Tensor) -> torch.Tensor:
+        if self.steps == 1:
+            return one_step(net, z, self.sigma_cond)
+        return two_step(net, z, self.sigma_mid, self.sigma_cond)
+
+    def check(self) -> None:
+        """UserError naming the option to fix."""
+        for name in ("sigma_cond", "sigma_mid"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number, got "
+                                f"{value}")
+        if self.sigma_cond <= 0:
+            raise UserError(f"--sigma-cond must be positive, got {self.sigma_cond}")
+        if self.steps not in (1, 2):
+            raise UserError(f"--steps {self.steps}: the generator map has 1 or 2 steps")
+        if self.steps == 2 and not 0 < self.sigma_mid < self.sigma_cond:
+            raise UserError(f"--sigma-mid {self.sigma_mid} must lie in (0, {self.sigma_cond}) "
+                            f"(--sigma-cond)")
+
+    def to_meta(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def of_meta(cls, meta: dict) -> "GeneratorMap":
+        """The map a checkpoint's metadata records (the default map where it records none)."""
+        if meta.get("kind") != "student":
+            return cls()
+        return cls(**{f.name: meta[f.name] for f in fields(cls) if f.name in meta})
+
+
 SAMPLERS = ("heun", "euler", "two-step", "one-step", "generator")
 
 
 def generator(net, z: torch.Tensor) -> torch.Tensor:
-    """The map a student checkpoint was trained as (`net.generator_map`, set by `load_network`
-    from the checkpoint: sigma_cond, steps, sigma_mid); D(80 z; 80) for any other network."""
-    g = getattr(net, "generator_map", {})
-    sigma = g.get("sigma_cond", SIGMA_MAX)
-    if g.get("steps", 1) == 2:
-        return two_step(net, z, g["sigma_mid"], sigma)
-    return one_step(net, z, sigma)
+    """The map a student checkpoint was trained as (`net.generator_map`, the `GeneratorMap`
+    `load_network` read from the checkpoint); D(80 z; 80) for any other network."""
+    return getattr(net, "generator_map", GeneratorMap())(net, z)
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ import torch
 
 from initprobe.ablate.ops import (
     UNET_INIT,
+    InitSpec,
     build_init,
     freeze,
     interpolate,
@@ -90,7 +91,7 @@ def test_reinit_is_deterministic_and_leaves_the_global_rng_alone():
 
 
 def test_reinit_of_a_subset_matches_the_random_network_with_that_seed(teacher):
-    random, _ = build_init(teacher, "random", seed=5)
+    random, _ = build_init(teacher, InitSpec("random"), seed=5)
     reinit(teacher, "decoder+stem", seed=5)
     ours, theirs = values(teacher), values(random)
     assert all(same(ours[i], theirs[i]) for i in select(teacher, "decoder+stem"))
@@ -143,7 +144,7 @@ def test_transfer_of_a_layer_absent_from_the_source():
 
 def test_interpolate_endpoints_and_midpoint(teacher):
     before = values(teacher)
-    random = values(build_init(teacher, "random", seed=2)[0])
+    random = values(build_init(teacher, InitSpec("random"), seed=2)[0])
     interpolate(teacher, 0.0, seed=2)
     assert changed(before, teacher) == []
     rec = interpolate(teacher, 0.25, seed=2)
@@ -178,8 +179,9 @@ def test_freeze_stops_exactly_the_selected_gradients(teacher):
 def test_build_init_never_modifies_the_teacher(teacher):
     teacher.requires_grad_(False)  # like an EMA copy
     before = values(teacher)
-    net, records = build_init(teacher, "teacher", seed=1, interpolate=0.5, reinit="stem",
-                              shuffle="gdd", transfer=(trained(seed=4), "head"), freeze="gdd")
+    spec = InitSpec("teacher", interpolate=0.5, transfer_from="(a trained net)",
+                    transfer_layers="head", reinit="stem", shuffle="gdd", freeze="gdd")
+    net, records = build_init(teacher, spec, seed=1, source=trained(seed=4))
     assert changed(before, teacher) == []
     assert not any(p.requires_grad for p in teacher.parameters())
     assert [r["op"] for r in records] == ["init", "interpolate", "transfer", "reinit", "shuffle",
@@ -200,9 +202,9 @@ def test_build_init_teacher_is_a_copy(teacher):
 
 
 def test_build_init_random_is_seeded(teacher):
-    a, rec = build_init(teacher, "random", seed=3)
-    b, _ = build_init(teacher, "random", seed=3)
-    c, _ = build_init(teacher, "random", seed=4)
+    a, rec = build_init(teacher, InitSpec("random"), seed=3)
+    b, _ = build_init(teacher, InitSpec("random"), seed=3)
+    c, _ = build_init(teacher, InitSpec("random"), seed=4)
     assert changed(values(a), b) == [] and changed(values(a), c) != []
     assert changed(values(teacher), a) == select(teacher, "all")
     assert rec[0]["init"] == "random" and rec[0]["seed"] == 3 and rec[0]["restored"] == UNET_INIT
@@ -210,15 +212,25 @@ def test_build_init_random_is_seeded(teacher):
 
 def test_build_init_later_ops_win(teacher):
     source = trained(seed=6)
-    net, _ = build_init(teacher, seed=1, transfer=(source, "stem"), reinit="stem")
-    random, _ = build_init(teacher, "random", seed=1)
+    spec = InitSpec(transfer_from="(source)", transfer_layers="stem", reinit="stem")
+    net, _ = build_init(teacher, spec, seed=1, source=source)
+    random, _ = build_init(teacher, InitSpec("random"), seed=1)
     assert same(values(net)["enc.8x8_conv"], values(random)["enc.8x8_conv"])
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"init": "zeros"}, "unknown init"),
     ({"init": "random", "interpolate": 0.5}, "interpolate blends the teacher"),
+    ({"transfer_layers": "head"}, "go together"),
 ])
 def test_build_init_errors(teacher, kwargs, match):
     with pytest.raises(UserError, match=match):
-        build_init(teacher, **kwargs)
+        build_init(teacher, InitSpec(**kwargs))
+
+
+def test_init_spec_lists_its_ops_in_the_order_they_are_applied():
+    spec = InitSpec(freeze="gdd", reinit="decoder", interpolate=0.25, transfer_from="t",
+                    transfer_layers="encoder")
+    assert spec.ops() == [("interpolate", 0.25), ("transfer", "encoder"),
+                          ("reinit", "decoder"), ("freeze", "gdd")]
+    assert InitSpec().ops() == []

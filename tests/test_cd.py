@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from initprobe.diffusion import SIGMA_MIN
+from initprobe.diffusion import SIGMA_MIN, heun_step
 from initprobe.errors import UserError
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
-from initprobe.train.cd import ConsistencyDistillation, cd_target, distance, heun_step
+from initprobe.train.cd import ConsistencyDistillation, cd_target, distance
 from initprobe.train.loop import step_generator
-from initprobe.train.onestep import OneStepConfig
+from initprobe.train.objectives import Setting, make_options
 
 S = 0.5
 SHAPE = (1, 4, 4)
@@ -39,8 +39,8 @@ consistency_fn = Fn(lambda x, t: x * S / (S**2 + t**2).sqrt())
 
 
 def cd(**options) -> ConsistencyDistillation:
-    return ConsistencyDistillation(gaussian_denoiser, OneStepConfig(objective_options=options),
-                                   SHAPE, "cpu")
+    return ConsistencyDistillation(gaussian_denoiser, make_options("cd", options),
+                                   Setting(SHAPE, "cpu", 1e-4, (0.0, 0.99)))
 
 
 def test_edm_eps_student_is_the_identity_at_the_boundary_so_the_last_target_is_x_lo():

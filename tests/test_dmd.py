@@ -6,7 +6,6 @@ so with teacher m = 0 and fake score m = mu: s_fake - s_real = mu / v for every 
 
 import copy
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,18 +16,19 @@ from initprobe.errors import UserError
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
 from initprobe.train.dmd import DMD
+from initprobe.train.objectives import Setting, make_options
 
 SIGMA = 0.7
 V = 1 + SIGMA**2
 
 
-def config(lr_aux=1e-3, betas=(0.0, 0.99), **options):
-    return SimpleNamespace(divergence="kl", lr_aux=lr_aux, betas=betas,
-                           objective_options=options)
+def config(shape, lr_aux=1e-3, betas=(0.0, 0.99), **options):
+    """(options, setting) of the dmd objective for images of `shape`."""
+    return make_options("dmd", options), Setting(shape, "cpu", lr_aux, betas)
 
 
-def fixed_sigma(**kw):
-    return config(p_mean=math.log(SIGMA), p_std=0.0, **kw)
+def fixed_sigma(shape, **kw):
+    return config(shape, p_mean=math.log(SIGMA), p_std=0.0, **kw)
 
 
 class GaussianDenoiser(nn.Module):
@@ -53,7 +53,7 @@ def shift_gradient(obj, mu, z, g):
 def test_score_weighting_gives_the_exact_score_difference():
     mu = [0.9, -0.4]
     teacher = GaussianDenoiser([0.0, 0.0]).requires_grad_(False)
-    obj = DMD(teacher, fixed_sigma(weighting="score"), (2, 1, 1), "cpu",
+    obj = DMD(teacher, *fixed_sigma((2, 1, 1), weighting="score"),
               fake_score=GaussianDenoiser(mu))
     g = torch.Generator().manual_seed(0)
     z = torch.randn(32, 2, 1, 1, generator=g)
@@ -64,7 +64,7 @@ def test_score_weighting_gives_the_exact_score_difference():
 
 def test_dmd_weighting_divides_by_the_teacher_denoising_error():
     mu = [0.9, -0.4]
-    obj = DMD(GaussianDenoiser([0.0, 0.0]), fixed_sigma(), (2, 1, 1), "cpu",
+    obj = DMD(GaussianDenoiser([0.0, 0.0]), *fixed_sigma((2, 1, 1)),
               fake_score=GaussianDenoiser(mu))
     n = 16
     g = torch.Generator().manual_seed(1)
@@ -85,8 +85,8 @@ def test_dmd_weighting_divides_by_the_teacher_denoising_error():
 def test_fake_score_learns_the_student_distribution():
     # EDM's denoising loss on student samples N(mu, I) is minimized by the fake score's m = mu.
     mu = torch.tensor([1.0, -0.5])
-    obj = DMD(GaussianDenoiser([0.0, 0.0]), config(lr_aux=0.02, betas=(0.9, 0.999)), (2, 1, 1),
-              "cpu", fake_score=GaussianDenoiser([0.0, 0.0]))
+    obj = DMD(GaussianDenoiser([0.0, 0.0]), *config((2, 1, 1), lr_aux=0.02, betas=(0.9, 0.999)),
+              fake_score=GaussianDenoiser([0.0, 0.0]))
     g = torch.Generator().manual_seed(2)
     for step in range(300):
         fake = torch.randn(512, 2, 1, 1, generator=g) + mu.reshape(1, 2, 1, 1)
@@ -98,7 +98,7 @@ def test_tiny_teacher_only_the_intended_parameters_change():
     torch.manual_seed(0)
     teacher = Denoiser(UNetConfig()).eval().requires_grad_(False)
     before = copy.deepcopy(teacher.state_dict())
-    obj = DMD(teacher, config(lr_aux=1e-2), (1, 8, 8), "cpu")
+    obj = DMD(teacher, *config((1, 8, 8), lr_aux=1e-2))
     assert not any(k.startswith("teacher") for k in obj.state_dict())  # not checkpointed
     fake0 = copy.deepcopy(obj.fake_score.state_dict())
     gen = copy.deepcopy(teacher).requires_grad_(True)
@@ -122,5 +122,5 @@ def test_tiny_teacher_only_the_intended_parameters_change():
 
 def test_unknown_weighting_is_a_user_error():
     with pytest.raises(UserError, match="weighting"):
-        DMD(GaussianDenoiser([0.0]), config(weighting="vsd"), (1, 1, 1), "cpu",
+        DMD(GaussianDenoiser([0.0]), *config((1, 1, 1), weighting="vsd"),
             fake_score=GaussianDenoiser([0.0]))

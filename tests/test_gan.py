@@ -11,7 +11,7 @@ from initprobe.nets.unet import UNetConfig
 from initprobe.train.discriminator import classifier_tap, teacher_tap
 from initprobe.train.gan import GAN, d_loss, g_loss, r1_penalty
 from initprobe.train.loop import step_generator
-from initprobe.train.onestep import OneStepConfig
+from initprobe.train.objectives import Setting, make_options
 
 SHAPE = (1, 8, 8)
 
@@ -64,7 +64,8 @@ def test_classifier_features_have_three_scales():
 
 def test_only_the_heads_train_and_generator_loss_leaves_them_alone():
     net = teacher()
-    gan = GAN(net, OneStepConfig(lr_aux=1e-2, r1_interval=2), SHAPE, "cpu")
+    gan = GAN(net, make_options("gan", {"r1_interval": 2}),
+              Setting(SHAPE, "cpu", 1e-2, (0.0, 0.99)))
     frozen = {k: v.clone() for k, v in gan.disc.tap.net.state_dict().items()}
     projections = [p.clone() for p in gan.disc.projections()]
     heads = [p.detach().clone() for p in gan.disc.heads.parameters()]

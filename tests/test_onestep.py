@@ -1,6 +1,7 @@
 """The one-step trainer end to end on digits with a tiny teacher: run directory, resumption,
 init records, generator maps, option errors."""
 
+import dataclasses
 import json
 
 import pytest
@@ -30,9 +31,10 @@ def teacher(tmp_path_factory):
 
 
 def config(teacher, n=4, **kw) -> OneStepConfig:
-    """A config training `n` steps of batch BATCH without evaluation."""
+    """A config training `n` steps of batch BATCH without evaluation (`kw`: flat option names,
+    as a study file or the CLI gives them)."""
     base = dict(teacher=teacher, images=n * BATCH, batch=BATCH, eval_n=0, log_every=2)
-    return OneStepConfig(**{**base, **kw})
+    return OneStepConfig.from_flat({**base, **kw})
 
 
 def train(cfg, out):
@@ -51,8 +53,7 @@ def test_log_spaced_budgets_are_evaluated_and_a_resumed_run_extends_the_curve(te
     train(cfg, out)
     seen = [r["images_seen"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "eval"]
     assert seen == [0, 2 * BATCH, 3 * BATCH]  # start, first step reaching 20 and 40, end
-    cfg.images = 6 * BATCH                    # extend the same run: the curve goes on
-    train(cfg, out)
+    train(dataclasses.replace(cfg, images=6 * BATCH), out)   # extend the run: the curve goes on
     seen = [r["images_seen"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "eval"]
     assert seen == [0, 2 * BATCH, 3 * BATCH, 5 * BATCH, 6 * BATCH]
     with pytest.raises(UserError, match="--eval-at"):
@@ -85,7 +86,7 @@ def test_gan_writes_the_run_directory_with_learning_curve(teacher, tmp_path):
 
 
 def test_cd_trains(teacher, tmp_path):
-    rec = train(config(teacher, objective="cd", objective_options={"distance": "huber"}),
+    rec = train(config(teacher, objective="cd", distance="huber"),
                 tmp_path / "cd")
     assert rec["kind"] == "train" and rec["loss_g"] > 0
     assert weights(tmp_path / "cd")["net.model.map_layer0.weight"].isfinite().all()
@@ -136,11 +137,14 @@ def test_other_generator_maps_run(teacher, tmp_path, kw):
     (dict(freeze="nosuchgroup"), "'nosuchgroup' matches no layer"),
     (dict(steps=3), "1 or 2"),
     (dict(transfer_layers="encoder"), "go together"),
-    (dict(objective="cd", objective_options={"typo": 1}), "has no option typo"),
+    (dict(objective="cd", typo=1), "has no option typo"),
+    (dict(objective="ratio", r1_gamma=1.0), "objective ratio has no option r1_gamma"),
+    (dict(objective="cd", scales="many"), "scales='many' is not a valid int"),
 ])
 def test_bad_options_are_user_errors(teacher, tmp_path, kw, match):
     with pytest.raises(UserError, match=match):
         train(config(teacher, **kw), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_batch_must_split_over_the_processes(teacher, tmp_path, monkeypatch):
@@ -162,7 +166,11 @@ def test_cli_train_and_ablate(teacher, tmp_path):
                                    "disc_channels=8", "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert cfg["reinit"] == "head" and cfg["objective_options"] == {"disc_channels": 8}
+    assert cfg["reinit"] == "head" and cfg["disc_channels"] == 8
+    assert "divergence" not in cfg   # the options of other objectives are not the run's
+    res = CliRunner().invoke(app, ["train", *args, "--objective", "ratio", "--r1-gamma", "1",
+                                   "--out", str(tmp_path / "d")])
+    assert res.exit_code != 0 and "no option r1_gamma" in str(res.exception)
     res = CliRunner().invoke(app, ["train", *args, "--objective", "bogus", "--out",
                                    str(tmp_path / "b")])
     assert res.exit_code != 0 and "unknown objective" in str(res.exception)

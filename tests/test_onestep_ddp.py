@@ -24,8 +24,9 @@ torch.set_num_threads(1)
 from initprobe.train.onestep import OneStepConfig, train_onestep
 teacher, out = sys.argv[1:3]
 for objective in ("gan", "cd"):
-    cfg = OneStepConfig(teacher=teacher, objective=objective, images=24, batch=8, eval_n=0,
-                        r1_interval=2, lr=1e-3, lr_aux=1e-3, log_every=1)
+    extra = {"r1_interval": 2} if objective == "gan" else {}
+    cfg = OneStepConfig.from_flat(dict(teacher=teacher, objective=objective, images=24, batch=8,
+                                       eval_n=0, lr=1e-3, lr_aux=1e-3, log_every=1, **extra))
     train_onestep(cfg, f"{out}/{objective}", device="cpu", progress=False)
 """
 

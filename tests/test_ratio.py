@@ -9,7 +9,6 @@ import copy
 import io
 import math
 import re
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from initprobe.diffusion import one_step
 from initprobe.errors import UserError
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
+from initprobe.train.objectives import Setting, make_options
 from initprobe.train.ratio import ClassRatio, DiffRatio, load_estimator, logistic_loss
 from initprobe.train.verifier import best_of_k, importance_resample
 
@@ -26,14 +26,16 @@ SIGMA = 0.5
 V = 1 + SIGMA**2
 
 
-def config(divergence="kl", lr_aux=1e-3, betas=(0.0, 0.99), **options):
-    return SimpleNamespace(divergence=divergence, lr_aux=lr_aux, betas=betas,
-                           objective_options=options)
+def config(shape, divergence="kl", lr_aux=1e-3, betas=(0.0, 0.99), **options):
+    """(options, setting) of a ratio objective for images of `shape` (the diffratio options,
+    a superset of the ratio objective's)."""
+    return (make_options("diffratio", {"divergence": divergence, **options}),
+            Setting(shape, "cpu", lr_aux, betas))
 
 
-def fixed_sigma(**kw):
+def fixed_sigma(shape, **kw):
     """Options that make every noise level exactly SIGMA (log-normal with zero spread)."""
-    return config(p_mean=math.log(SIGMA), p_std=0.0, **kw)
+    return config(shape, p_mean=math.log(SIGMA), p_std=0.0, **kw)
 
 
 class AnalyticRatio(nn.Module):
@@ -103,8 +105,8 @@ def test_logistic_loss_is_minimized_by_the_analytic_log_ratio():
 def test_estimator_trained_with_aux_step_approaches_the_analytic_ratio():
     mu = torch.tensor([1.0, -0.5])
     est = LinearRatio(2)
-    obj = ClassRatio(nn.Linear(1, 1), fixed_sigma(lr_aux=0.02, betas=(0.9, 0.999)), (2, 1, 1),
-                     "cpu", estimator=est)
+    obj = ClassRatio(nn.Linear(1, 1), *fixed_sigma((2, 1, 1), lr_aux=0.02, betas=(0.9, 0.999)),
+                     estimator=est)
     g = torch.Generator().manual_seed(2)
     for step in range(400):
         fake = torch.randn(1024, 2, 1, 1, generator=g) + mu.reshape(1, 2, 1, 1)
@@ -119,7 +121,7 @@ def test_kl_generator_gradient_equals_analytic_reverse_kl_gradient():
     # KL(N(mu, v) || N(0, v)) = |mu|^2 / (2 v): gradient mu / v, for every sample exactly.
     mu = [0.8, -0.3]
     est = AnalyticRatio(mu)
-    obj = ClassRatio(nn.Linear(1, 1), fixed_sigma(), (2, 1, 1), "cpu", estimator=est)
+    obj = ClassRatio(nn.Linear(1, 1), *fixed_sigma((2, 1, 1)), estimator=est)
     grad, logs = gen_grad(obj, mu, 64)
     assert torch.allclose(grad, torch.tensor(mu) / V, rtol=1e-5)
     assert logs["h_mean"] == 1.0
@@ -139,7 +141,7 @@ def js_divergence(mu: float) -> float:
 def test_js_generator_gradient_matches_the_js_divergence_derivative():
     mu, eps = 1.2, 1e-3
     analytic = (js_divergence(mu + eps) - js_divergence(mu - eps)) / (2 * eps)
-    obj_js = ClassRatio(nn.Linear(1, 1), fixed_sigma(divergence="js"), (1, 1, 1), "cpu",
+    obj_js = ClassRatio(nn.Linear(1, 1), *fixed_sigma((1, 1, 1), divergence="js"),
                         estimator=AnalyticRatio([mu]))
     grad_js, logs = gen_grad(obj_js, [mu], 200_000)
     assert float(grad_js) == pytest.approx(analytic, rel=0.01)
@@ -189,7 +191,7 @@ def tiny_teacher():
 def test_tiny_teacher_gradients_reach_only_their_intended_parameters(cls):
     teacher = tiny_teacher()
     before = copy.deepcopy(teacher.state_dict())
-    obj = cls(teacher, config(lr_aux=1e-2), (1, 8, 8), "cpu")
+    obj = cls(teacher, *config((1, 8, 8), lr_aux=1e-2))
     est0 = copy.deepcopy(obj.estimator.state_dict())
     gen = copy.deepcopy(teacher).requires_grad_(True)
     g = torch.Generator().manual_seed(0)
@@ -212,7 +214,7 @@ def test_tiny_teacher_gradients_reach_only_their_intended_parameters(cls):
 
 def test_class_ratio_estimator_starts_from_the_teacher_encoder():
     teacher = tiny_teacher()
-    est = ClassRatio(teacher, config(), (1, 8, 8), "cpu").estimator
+    est = ClassRatio(teacher, *config((1, 8, 8))).estimator
     t = teacher.model.state_dict()
     mine = est.state_dict()
     assert any(k.startswith("dec.4x4_in") for k in mine)
@@ -225,15 +227,15 @@ def test_class_ratio_estimator_starts_from_the_teacher_encoder():
 
 def test_diffratio_network_is_much_smaller_than_class_ratio():
     teacher = tiny_teacher()
-    small = DiffRatio(teacher, config(), (1, 8, 8), "cpu").param_ratio()
-    large = ClassRatio(teacher, config(), (1, 8, 8), "cpu").param_ratio()
+    small = DiffRatio(teacher, *config((1, 8, 8))).param_ratio()
+    large = ClassRatio(teacher, *config((1, 8, 8))).param_ratio()
     assert small < 0.06 and small < large / 5
 
 
 def test_estimator_round_trips_through_the_objective_state():
     teacher = tiny_teacher()
     for cls in (ClassRatio, DiffRatio):
-        obj = cls(teacher, config(lr_aux=1e-2), (1, 8, 8), "cpu")
+        obj = cls(teacher, *config((1, 8, 8), lr_aux=1e-2))
         g = torch.Generator().manual_seed(0)
         obj.aux_step(torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), g, 0)
         buf = io.BytesIO()
@@ -247,11 +249,11 @@ def test_estimator_round_trips_through_the_objective_state():
 def test_bad_options_are_user_errors():
     teacher = tiny_teacher()
     with pytest.raises(UserError, match="divergence"):
-        ClassRatio(teacher, config(divergence="tv"), (1, 8, 8), "cpu")
+        ClassRatio(teacher, *config((1, 8, 8), divergence="tv"))
     with pytest.raises(UserError, match="no option p_meen"):
-        DiffRatio(teacher, config(p_meen=1.0), (1, 8, 8), "cpu")
+        DiffRatio(teacher, *config((1, 8, 8), p_meen=1.0))
     with pytest.raises(UserError, match="ratio_channels"):
-        DiffRatio(teacher, config(ratio_channels="wide"), (1, 8, 8), "cpu")
+        DiffRatio(teacher, *config((1, 8, 8), ratio_channels="wide"))
     with pytest.raises(UserError, match="no ratio estimator"):
         load_estimator({"modules": {}})
 
@@ -263,5 +265,5 @@ def test_bad_options_are_user_errors():
 def test_ratio_refuses_a_teacher_without_a_ddpmpp_encoder(arch, named):
     teacher = Denoiser(UNetConfig(**arch))
     with pytest.raises(UserError, match=re.escape(named)):
-        ClassRatio(teacher, config(), (1, 8, 8), "cpu")
-    assert DiffRatio(teacher, config(), (1, 8, 8), "cpu").param_ratio() > 0
+        ClassRatio(teacher, *config((1, 8, 8)))
+    assert DiffRatio(teacher, *config((1, 8, 8))).param_ratio() > 0

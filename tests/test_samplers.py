@@ -2,7 +2,16 @@ import math
 
 import torch
 
-from initprobe.diffusion import euler, generate, heun, karras_sigmas, latents, one_step, two_step
+from initprobe.diffusion import (
+    GeneratorMap,
+    euler,
+    generate,
+    heun,
+    karras_sigmas,
+    latents,
+    one_step,
+    two_step,
+)
 
 
 class Gaussian(torch.nn.Module):
@@ -58,7 +67,7 @@ def test_generator_sampler_follows_the_recorded_map():
     net = Gaussian()
     z = torch.randn(3, 1, 4, 4)
     assert torch.allclose(generate(net, z, "generator"), one_step(net, z))
-    net.generator_map = {"sigma_cond": 20.0, "steps": 1}
+    net.generator_map = GeneratorMap(sigma_cond=20.0)
     assert torch.allclose(generate(net, z, "generator"), one_step(net, z, 20.0))
-    net.generator_map = {"sigma_cond": 80.0, "steps": 2, "sigma_mid": 0.5}
+    net.generator_map = GeneratorMap(steps=2, sigma_mid=0.5)
     assert torch.allclose(generate(net, z, "generator"), two_step(net, z, 0.5))

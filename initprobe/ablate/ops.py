@@ -11,7 +11,8 @@ depend on which other layers are selected: `reinit(net, "decoder", s)` gives the
 the values of `build_init(teacher, "random", seed=s)`, and `interpolate(net, 1, s)` is that
 random network. `shuffle` draws its permutations from another stream derived from (seed, L).
 
-`build_init` applies the ops to a copy of the teacher in this fixed order:
+`build_init` applies an `InitSpec` (the ordered list of ops, one option each) to a copy of the
+teacher in the order of its fields:
 1. init: `teacher` (the copy as is) or `random` (every layer re-initialized with the seed);
 2. interpolate (teacher towards the random network; needs init `teacher`);
 3. transfer; 4. reinit; 5. shuffle; 6. freeze.
@@ -22,6 +23,7 @@ shuffle permutes whatever the layer holds after steps 1-4).
 import copy
 import hashlib
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -29,12 +31,53 @@ from torch import nn
 from ..errors import UserError
 from ..nets.layers import named_layers
 from ..nets.unet import Conv2d, GroupNorm, Linear
+from ..options import opt
 from .select import count_params, select
 
 UNET_INIT = ("xavier_uniform, biases zero; conv1/proj/aux_conv near-zero (1e-5); qkv sqrt(0.2); "
              "GroupNorm 1/0 — initprobe.nets.unet")
 FOREIGN_INIT = "each layer's own reset_parameters() (its library's default init)"
 INITS = ("teacher", "random")
+PANEL = "Initialization / ablation (applied in this order: interpolate, transfer, reinit, " \
+        "shuffle, freeze)"
+SELECTOR = "layer selector (initprobe layers CKPT --select SPEC previews it)"
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How a student's network is made from the teacher: the starting point and the ops applied
+    after it, declared in the order `build_init` applies them. `transfer_from` is the source
+    checkpoint of `transfer_layers` (the two go together)."""
+
+    init: str = opt("teacher", "teacher or random", panel=PANEL)
+    interpolate: float | None = opt(None, "blend teacher and random init: 0 teacher, 1 random",
+                                    panel=PANEL)
+    transfer_from: str | None = opt(None, "checkpoint to copy --transfer-layers from",
+                                    panel=PANEL)
+    transfer_layers: str | None = opt(None, f"layers to copy: {SELECTOR}", panel=PANEL)
+    reinit: str | None = opt(None, f"re-initialize these layers: {SELECTOR}",
+                             flag="reinit-layers", panel=PANEL)
+    shuffle: str | None = opt(None, f"permute the weights of these layers: {SELECTOR}",
+                              flag="shuffle-layers", panel=PANEL)
+    freeze: str | None = opt(None, f"freeze these layers ('gdd' = GDD-I): {SELECTOR}",
+                             panel=PANEL)
+
+    def check(self) -> None:
+        if self.init not in INITS:
+            raise UserError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.interpolate is not None and self.init != "teacher":
+            raise UserError("interpolate blends the teacher with a random network; use init "
+                            "'teacher' with it")
+        if (self.transfer_from is None) != (self.transfer_layers is None):
+            raise UserError("--transfer-from and --transfer-layers go together; give both or "
+                            "neither")
+
+    def ops(self) -> list[tuple[str, object]]:
+        """The ops after the starting point, in order: (op, its option's value), given ones only
+        (`transfer`'s value is its layer spec)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in ("init", "transfer_from")}
+        return [(name.removesuffix("_layers"), v) for name, v in values.items() if v is not None]
 
 
 def _record(net: nn.Module, op: str, spec: str, layers: list[str], **extra) -> dict:
@@ -162,38 +205,26 @@ def _start(net: nn.Module, init: str, seed: int) -> dict:
     return _record(net, "init", "all", list(named_layers(net)), init=init)
 
 
-# build_init's fixed order after step 1: (keyword, how to apply that keyword's value).
-_ORDER = (
-    ("interpolate", lambda net, alpha, seed: interpolate(net, alpha, seed)),
-    ("transfer", lambda net, source_spec, seed: transfer(net, *source_spec)),
-    ("reinit", lambda net, spec, seed: reinit(net, spec, seed)),
-    ("shuffle", lambda net, spec, seed: shuffle(net, spec, seed)),
-    ("freeze", lambda net, spec, seed: freeze(net, spec)),
-)
-
-
-def build_init(teacher_net: nn.Module, init: str = "teacher", seed: int = 0,
-               reinit: str | None = None, shuffle: str | None = None,
-               transfer: tuple[nn.Module, str] | None = None, interpolate: float | None = None,
-               freeze: str | None = None) -> tuple[nn.Module, list[dict]]:
+def build_init(teacher_net: nn.Module, spec: InitSpec = InitSpec(), seed: int = 0,
+               source: nn.Module | None = None) -> tuple[nn.Module, list[dict]]:
     """A fresh network to train, and the records of how it was made (module docstring order).
 
-    `init`: `teacher` (a copy of `teacher_net`) or `random` (the teacher's architecture with
-    every layer re-initialized from `seed`; buffers such as Fourier frequencies are the
-    teacher's). `reinit`, `shuffle`, `freeze`: selector specs; `transfer`: (source_net, spec);
-    `interpolate`: alpha. Every parameter of the copy requires grad except those `freeze`
-    selects. `teacher_net` is never modified.
+    `spec.init`: `teacher` (a copy of `teacher_net`) or `random` (the teacher's architecture
+    with every layer re-initialized from `seed`; buffers such as Fourier frequencies are the
+    teacher's). `source`: the network `spec.transfer_from` names (needed for a transfer). Every
+    parameter of the copy requires grad except those `spec.freeze` selects. `teacher_net` is
+    never modified.
     """
-    if init not in INITS:
-        raise UserError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    if interpolate is not None and init != "teacher":
-        raise UserError("interpolate blends the teacher with a random network; use init "
-                        "'teacher' with it")
+    spec.check()
+    if spec.transfer_layers is not None and source is None:
+        raise UserError("a transfer needs its source network; load --transfer-from first")
     net = copy.deepcopy(teacher_net).requires_grad_(True)
-    records = [_start(net, init, seed)]
-    given = {"interpolate": interpolate, "transfer": transfer, "reinit": reinit,
-             "shuffle": shuffle, "freeze": freeze}
-    for key, apply in _ORDER:
-        if given[key] is not None:
-            records.append(apply(net, given[key], seed))
+    records = [_start(net, spec.init, seed)]
+    apply = {"interpolate": lambda value: interpolate(net, value, seed),
+             "transfer": lambda value: transfer(net, source, value),
+             "reinit": lambda value: reinit(net, value, seed),
+             "shuffle": lambda value: shuffle(net, value, seed),
+             "freeze": lambda value: freeze(net, value)}
+    for op, value in spec.ops():
+        records.append(apply[op](value))
     return net, records

@@ -1,19 +1,21 @@
 """One-step training commands: train, ablate (the same command, ablation options first), results."""
 
+import inspect
 import json
 from pathlib import Path
 
 import typer
 
+from ..ablate.ops import InitSpec
+from ..diffusion import GeneratorMap
 from ..errors import UserError
+from ..train.config import OBJ, OneStepConfig, objective_option_names
+from ..train.objectives import OBJECTIVES, objective_class
 from . import app
-from .common import CHANNELS_LAST_HELP, COMPILE_HELP, DATA_HELP, PATH_HELP, parse_ints
+from .common import CHANNELS_LAST_HELP, COMPILE_HELP, DEVICE_HELP, parse_ints
+from .options import field_options, given, with_options
 
-INIT = "Initialization / ablation (applied in this order: interpolate, transfer, reinit, " \
-       "shuffle, freeze)"
-MAP = "Generator map"
-OBJ = "Objective"
-SELECTOR = "layer selector (initprobe layers CKPT --select SPEC previews it)"
+OBJECTIVE_FLAGS = objective_option_names()
 
 TRAIN_HELP = (
     "Train a one-step generator G(z) = D(80 z; 80) initialized from a teacher.\n\n"
@@ -67,83 +69,52 @@ def parse_options(pairs: list[str] | None) -> dict:
     return out
 
 
-def train_cmd(
-    teacher: Path = typer.Option(..., help="teacher checkpoint or run directory (EMA weights)"),
-    out: Path = typer.Option(..., "--out", help="run directory (rerun the same to resume)"),
-    objective: str = typer.Option("gan", help="gan, ratio, diffratio, dmd, cd",
-                                  rich_help_panel=OBJ),
-    data: str = typer.Option("digits", help=DATA_HELP),
-    data_path: str = typer.Option(None, help=PATH_HELP),
-    images: int = typer.Option(50_000, help="training budget in images seen"),
-    batch: int = typer.Option(64, help="global batch size (split over torchrun processes)"),
-    seed: int = typer.Option(0, help="random seed (runs are deterministic on CPU)"),
-    lr: float = typer.Option(1e-4, help="generator Adam learning rate"),
-    lr_aux: float = typer.Option(None, help="auxiliary networks' learning rate (default: 1e-4; "
-                                 "1e-3 for ratio and diffratio)",
-                                 rich_help_panel=OBJ),
-    init: str = typer.Option("teacher", help="teacher or random", rich_help_panel=INIT),
-    reinit_layers: str = typer.Option(None, help=f"re-initialize these layers: {SELECTOR}",
-                                      rich_help_panel=INIT),
-    shuffle_layers: str = typer.Option(None, help=f"permute the weights of these layers: "
-                                                  f"{SELECTOR}", rich_help_panel=INIT),
-    transfer_from: Path = typer.Option(None, help="checkpoint to copy --transfer-layers from",
-                                       rich_help_panel=INIT),
-    transfer_layers: str = typer.Option(None, help=f"layers to copy: {SELECTOR}",
-                                        rich_help_panel=INIT),
-    interpolate: float = typer.Option(None, help="blend teacher and random init: 0 teacher, "
-                                                 "1 random", rich_help_panel=INIT),
-    freeze: str = typer.Option(None, help=f"freeze these layers ('gdd' = GDD-I): {SELECTOR}",
-                               rich_help_panel=INIT),
-    precond: str = typer.Option("edm-eps", help="generator preconditioning: edm-eps (GDD) or edm",
-                                rich_help_panel=MAP),
-    sigma_cond: float = typer.Option(80.0, help="noise level the generator runs at "
-                                                "(G(z) = D(s z; s))", rich_help_panel=MAP),
-    steps: int = typer.Option(1, help="1: one-step map; 2: GDD's two-step map",
-                              rich_help_panel=MAP),
-    sigma_mid: float = typer.Option(2.0, help="intermediate sigma of the two-step map",
-                                    rich_help_panel=MAP),
-    divergence: str = typer.Option("kl", help="ratio objectives: kl or js", rich_help_panel=OBJ),
-    r1_gamma: float = typer.Option(1e-4, help="gan: R1 weight", rich_help_panel=OBJ),
-    r1_interval: int = typer.Option(16, help="gan: lazy R1 every N steps", rich_help_panel=OBJ),
-    disc_sigma: float = typer.Option(0.5, help="gan: noise level of the teacher's encoder "
-                                               "features", rich_help_panel=OBJ),
-    disc_features: str = typer.Option("teacher", help="gan: teacher or classifier",
-                                      rich_help_panel=OBJ),
-    labels: bool = typer.Option(False, "--labels", help="class-conditional generator G(z, y) "
-                                "from a conditional teacher: labels drawn at the data's class "
-                                "frequencies; objectives condition on them", rich_help_panel=OBJ),
-    option: list[str] = typer.Option(None, "--option", help="objective-specific KEY=VALUE "
-                                     "(repeatable), e.g. cd: scales=18, distance=huber",
-                                     rich_help_panel=OBJ),
-    ema_halflife: float = typer.Option(None, help="EMA half-life in images (default: 5% of "
-                                                  "images seen; 0 disables)"),
-    eval_every: int = typer.Option(10_000, help="evaluate sample quality every N images"),
-    eval_at: str = typer.Option(None, help="also evaluate at these images seen, e.g. "
-                                "1000,2000,5000,10000 (log-spaced budgets: one run, whole curve)"),
-    eval_n: int = typer.Option(500, help="samples per evaluation (0 disables)"),
-    ckpt_every: int = typer.Option(500, help="checkpoint every N steps"),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N"),
-    allow_teacher_change: bool = typer.Option(False, help="resume although the teacher's "
-                                              "weights changed since the run started (recorded "
-                                              "in config.json as teacher_changes)"),
-    channels_last: bool = typer.Option(False, help=CHANNELS_LAST_HELP),
-    compile: bool = typer.Option(False, help=COMPILE_HELP),
-):
-    from ..train.onestep import OneStepConfig, train_onestep
+def _train_options() -> list[inspect.Parameter]:
+    """The options of train/ablate: the trainer config's fields (init spec and generator map
+    included), every objective's options that have a flag (None unless given), and the
+    command's own."""
+    objective_flags = {}
+    for name in OBJECTIVES:
+        for p in field_options(objective_class(name).Options, panel=OBJ):
+            objective_flags.setdefault(p.name, p)
+    own = {
+        "out": (Path, typer.Option(..., "--out", help="run directory (rerun the same to "
+                                                      "resume)")),
+        "option": (list[str], typer.Option(None, "--option", help="objective-specific "
+                                           "KEY=VALUE (repeatable), e.g. cd: scales=18, "
+                                           "distance=huber", rich_help_panel=OBJ)),
+        "device": (str, typer.Option("auto", help=DEVICE_HELP)),
+        "allow_teacher_change": (bool, typer.Option(False, help="resume although the teacher's "
+                                 "weights changed since the run started (recorded in "
+                                 "config.json as teacher_changes)")),
+        "channels_last": (bool, typer.Option(False, help=CHANNELS_LAST_HELP)),
+        "compile": (bool, typer.Option(False, help=COMPILE_HELP)),
+    }
+    first, *rest = field_options(OneStepConfig, required=("teacher",))
+    return ([first, _param("out", *own.pop("out"))] + rest + field_options(InitSpec)
+            + field_options(GeneratorMap) + list(objective_flags.values())
+            + [_param(k, *v) for k, v in own.items()])
+
+
+def _param(name: str, annotation, option) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                             annotation=annotation)
+
+
+@with_options(_train_options())
+def train_cmd(**values):
+    from ..train.onestep import train_onestep
     from ..train.speed import Speed
-    cfg = OneStepConfig(
-        teacher=str(teacher), objective=objective, data=data, data_path=data_path,
-        images=images, batch=batch, seed=seed, lr=lr, lr_aux=lr_aux, init=init,
-        reinit=reinit_layers, shuffle=shuffle_layers,
-        transfer_from=None if transfer_from is None else str(transfer_from),
-        transfer_layers=transfer_layers, interpolate=interpolate, freeze=freeze, precond=precond,
-        sigma_cond=sigma_cond, steps=steps, sigma_mid=sigma_mid, divergence=divergence,
-        r1_gamma=r1_gamma, r1_interval=r1_interval, disc_sigma=disc_sigma,
-        disc_features=disc_features, objective_options=parse_options(option),
-        labels=labels, ema_halflife=ema_halflife, eval_every=eval_every,
-        eval_at=parse_ints(eval_at, "--eval-at") or [], eval_n=eval_n, ckpt_every=ckpt_every)
-    rec = train_onestep(cfg, str(out), device=device, allow_teacher_change=allow_teacher_change,
-                        speed=Speed(channels_last=channels_last, compile=compile))
+    out, option, device, allow_change, channels_last, compile_ = (
+        values.pop(k) for k in ("out", "option", "device", "allow_teacher_change",
+                                "channels_last", "compile"))
+    values["eval_at"] = parse_ints(values["eval_at"], "--eval-at") or []
+    # an objective's options reach the config only when given (another objective has none)
+    left = set(OBJECTIVE_FLAGS) - given(OBJECTIVE_FLAGS)
+    cfg = OneStepConfig.from_flat({**{k: v for k, v in values.items() if k not in left},
+                                   **parse_options(option)})
+    rec = train_onestep(cfg, str(out), device=device, allow_teacher_change=allow_change,
+                        speed=Speed(channels_last=channels_last, compile=compile_))
     shown = {k: rec[k] for k in ("fd_classifier", "precision", "recall", "coverage",
                                  "label_accuracy") if k in rec}
     typer.echo(f"done: {out} ({rec.get('images_seen', 0)} images) "

@@ -17,8 +17,8 @@ def load_run_verifier(run_dir: Path):
     state, which records the estimator's architecture as `estimator_spec`)."""
     import torch
 
+    from ..diffusion import GeneratorMap
     from ..nets.io import load_network, read_meta, resolve
-    from ..train.onestep import OneStepConfig, generator_map
     from ..train.ratio import load_estimator
     stem = resolve(run_dir)
     meta = read_meta(stem)
@@ -32,9 +32,7 @@ def load_run_verifier(run_dir: Path):
         raise UserError(f"{stem.with_suffix('.state.pt')}: unreadable training state ({e}); "
                         f"use a checkpoint with its .state.pt beside it") from None
     gen = load_network(stem, "ema")
-    cfg = OneStepConfig(steps=meta["steps"], sigma_cond=meta["sigma_cond"],
-                        sigma_mid=meta["sigma_mid"])
-    return gen, generator_map(cfg), load_estimator(state["aux"]), stem
+    return gen, GeneratorMap.of_meta(meta), load_estimator(state["aux"]), stem
 
 
 @app.command("sample-best-of")

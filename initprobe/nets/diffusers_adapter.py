@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .precond import per_image
 
 RESNET = {"norm1": "norm0", "conv1": "conv0", "time_emb_proj": "affine", "norm2": "norm1",
           "conv2": "conv1", "conv_shortcut": "skip"}
@@ -160,7 +161,7 @@ class DiffusersDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         sigma = sigma.reshape(-1).expand(x.shape[0])
-        s = sigma.reshape(-1, 1, 1, 1)
+        s = per_image(sigma)
         c = 1 / (1 + s**2).sqrt()
         f = self.unet(c * x, self.timestep(sigma), return_dict=False)[0]
         if self.prediction_type == "epsilon":

@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..diffusion import GeneratorMap
 from ..errors import UserError
 from ..runio import atomic_save, atomic_write_json
 from .diffusers_adapter import (
@@ -174,7 +175,7 @@ def load_network(path: str | Path, which: str = "ema",
         raise UserError(f"{resolve(path)}: weights do not match the recorded architecture "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     if meta.get("kind") == "student":
-        net.generator_map = {k: meta[k] for k in ("sigma_cond", "steps", "sigma_mid") if k in meta}
+        net.generator_map = GeneratorMap.of_meta(meta)
     return net.eval()
 
 

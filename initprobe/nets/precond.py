@@ -30,6 +30,17 @@ VP_BETA_D, VP_BETA_MIN, VP_M = 19.9, 0.1, 1000
 PRECONDS = ("edm", "edm-eps", "vp", "ve")
 
 
+def per_image(sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image noise levels [N] as [N, 1, 1, 1], to broadcast over images."""
+    return sigma.reshape(-1, 1, 1, 1)
+
+
+def levels(sigma, x: torch.Tensor) -> torch.Tensor:
+    """`sigma` (a number, or one level per image) as float32 [N, 1, 1, 1] for the images `x`."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+    return per_image(sigma).expand(x.shape[0], 1, 1, 1)
+
+
 def coefficients(sigma: torch.Tensor, kind: str = "edm", sigma_data: float = SIGMA_DATA,
                  eps: float = EPS_SHIFT):
     """Return (c_skip, c_out, c_in, c_noise) for a tensor of noise levels."""
@@ -68,9 +79,8 @@ class Denoiser(nn.Module):
         return self.model.cfg
 
     def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
-        sigma = sigma.reshape(-1, 1, 1, 1).expand(x.shape[0], 1, 1, 1)
-        c_skip, c_out, c_in, c_noise = coefficients(sigma, self.precond, self.sigma_data)
+        c_skip, c_out, c_in, c_noise = coefficients(levels(sigma, x), self.precond,
+                                                    self.sigma_data)
         labels, dim = None, self.cfg.label_dim
         if dim:
             labels = (torch.zeros(1, dim, device=x.device) if class_labels is None

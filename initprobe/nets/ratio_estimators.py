@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precond import SIGMA_DATA, coefficients
+from .precond import SIGMA_DATA, coefficients, levels
 from .unet import Conv2d, GroupNorm, Linear, PositionalEmbedding, UNet, UNetBlock, UNetConfig
 
 
@@ -72,9 +72,7 @@ class RatioEstimator(nn.Module):
     sigma_data = SIGMA_DATA
 
     def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
-        sigma = sigma.reshape(-1, 1, 1, 1).expand(x.shape[0], 1, 1, 1)
-        _, _, c_in, c_noise = coefficients(sigma, self.precond, self.sigma_data)
+        _, _, c_in, c_noise = coefficients(levels(sigma, x), self.precond, self.sigma_data)
         emb = _embedding(self, c_noise.flatten(), x.shape[0], x.dtype, class_labels)
         return self.head(self.features(c_in * x, emb))
 

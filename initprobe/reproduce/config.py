@@ -38,17 +38,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import UserError
-from ..train.onestep import OneStepConfig, resolve_config
+from ..train.config import OneStepConfig, resolve_config, run_keys, student_keys
 from ..train.teacher import TeacherConfig
 from .measures import MEASUREMENTS
 from .rules import RULES, SIGNS, rule_metrics
 
 PROFILES_FILE = "profiles.toml"
-RUN_KEYS = ("objective", "init", "reinit", "shuffle", "transfer_from", "transfer_layers",
-            "interpolate", "freeze", "precond", "sigma_cond", "steps", "sigma_mid", "divergence",
-            "r1_gamma", "r1_interval", "disc_sigma", "disc_features", "objective_options")
-STUDENT_KEYS = ("batch", "lr", "lr_aux", "betas", "eval_n", "eval_every", "eval_at",
-                "eval_classifier_steps", "ckpt_every", "log_every", "ema_halflife")
+RUN_KEYS = run_keys()
+STUDENT_KEYS = student_keys()
 TEACHER_KEYS = tuple(f.name for f in fields(TeacherConfig) if f.name not in ("unet",))
 FALLBACK_KEYS = ("data", "data_path", "seed", "size")
 PROFILE_KEYS = ("description", "data", "data_path", "teacher", "other_teacher", "student",
@@ -222,8 +219,9 @@ def _check_run(where: _Where, label: str, run: dict, student: dict) -> None:
                 f"must be \"{OTHER}\" (the profile's other_teacher)")
     options = {k: v for k, v in run.items() if k != "transfer_from"}
     try:
-        resolve_config(OneStepConfig(teacher="(checked later)", **student, **options,
-                                     transfer_from=run.get("transfer_from")))
+        resolve_config(OneStepConfig.from_flat({"teacher": "(checked later)", **student,
+                                                **options,
+                                                "transfer_from": run.get("transfer_from")}))
     except (UserError, TypeError, ValueError) as e:
         raise where.error(key, str(e)) from None
 

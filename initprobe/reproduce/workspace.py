@@ -151,13 +151,14 @@ class Workspace:
         p = self.profile
         teacher = self.teacher_source(LABELS if labels else "main")
         # resolved (defaults such as lr_aux filled in) so the run folder's hash is final
-        return resolve_config(OneStepConfig(teacher=teacher, data=p.data,
-                                            data_path=p.data_path, images=images, seed=seed,
-                                            **p.student, **options))
+        return resolve_config(OneStepConfig.from_flat(
+            {"teacher": teacher, "data": p.data, "data_path": p.data_path, "images": images,
+             "seed": seed, **p.student, **options}))
 
     def run_dir(self, cfg: OneStepConfig) -> Path:
-        key = {k: v for k, v in to_plain(cfg).items() if k not in ("seed", "unet")}
-        return self.root / "runs" / f"{cfg.objective}-{cfg.init}-{digest(key)}" / f"seed{cfg.seed}"
+        key = {k: v for k, v in to_plain(cfg.to_flat()).items() if k != "seed"}
+        name = f"{cfg.objective}-{cfg.init_spec.init}-{digest(key)}"
+        return self.root / "runs" / name / f"seed{cfg.seed}"
 
     def train(self, cfg: OneStepConfig, label: str) -> Path:
         out = self.run_dir(cfg)
@@ -196,10 +197,8 @@ class Workspace:
     def init_network(self, cfg: OneStepConfig):
         """The generator a run starts from (rebuilt deterministically from its config), with
         the run's generator map so `generate(..., "generator")` samples it as trained."""
-        cfg.unet = self.teacher_net.cfg.to_dict()
         net, _ = build_generator(cfg, self.teacher_net)
-        net.generator_map = {"sigma_cond": cfg.sigma_cond, "steps": cfg.steps,
-                             "sigma_mid": cfg.sigma_mid}
+        net.generator_map = cfg.gen_map
         return net.eval().requires_grad_(False)
 
 

@@ -1,13 +1,13 @@
 """Plumbing shared by objectives that train auxiliary networks (ratio estimator, fake score).
 
-- `option`: one objective-specific option from `cfg.objective_options` (values may arrive as
-  strings from the command line), with a `UserError` for a bad value;
-- `LogNormalSigma`: noise levels with ln(sigma) ~ N(p_mean, p_std^2) (EDM's training
-  distribution by default; p_std = 0 gives the fixed level exp(p_mean));
+- `SigmaOptions`: the options of the noise levels an objective trains at (EDM's log-normal by
+  default), one `LogNormalSigma` for the auxiliary updates and one for the generator updates;
+- `LogNormalSigma`: noise levels with ln(sigma) ~ N(p_mean, p_std^2) (p_std = 0 gives the fixed
+  level exp(p_mean));
 - `global_randn`: draws that respect the loop's determinism contract: every rank draws the
   *global* batch from the step generator and keeps its own slice, so N processes draw exactly
   what one process with the whole batch would;
-- `adam`: the auxiliary optimizer (`cfg.lr_aux`, `cfg.betas`);
+- `adam`: the auxiliary optimizer (the setting's `lr_aux` and `betas`);
 - `sync_gradients`: averages auxiliary gradients across ranks under torch.distributed (the
   auxiliary networks are not wrapped in DistributedDataParallel).
 """
@@ -19,28 +19,7 @@ import torch.distributed as dist
 
 from ..diffusion import P_MEAN, P_STD
 from ..errors import UserError
-
-DEFAULT_LR_AUX = 1e-4
-DEFAULT_BETAS = (0.0, 0.99)
-SIGMA_OPTIONS = ("p_mean", "p_std", "gen_p_mean", "gen_p_std")  # read by LogNormalSigma
-
-
-def option(cfg, key: str, default, cast=float):
-    """`cfg.objective_options[key]` cast to `cast`, or `default` when absent."""
-    value = (getattr(cfg, "objective_options", None) or {}).get(key, default)
-    try:
-        return cast(value)
-    except (TypeError, ValueError):
-        raise UserError(f"objective option {key}={value!r} is not a valid "
-                        f"{cast.__name__}; pass e.g. {key}={default}") from None
-
-
-def check_options(cfg, known: tuple[str, ...], objective: str):
-    """Reject objective options this objective does not read (typos would pass silently)."""
-    unknown = sorted(set(getattr(cfg, "objective_options", None) or {}) - set(known))
-    if unknown:
-        raise UserError(f"objective {objective} has no option {', '.join(unknown)}; "
-                        f"its options are {', '.join(known) or 'none'}")
+from ..options import opt
 
 
 def _world() -> tuple[int, int]:
@@ -64,21 +43,36 @@ class LogNormalSigma:
         """`n` noise levels (this rank's slice of the global draw)."""
         return (global_randn(g, (n,), device) * self.p_std + self.p_mean).exp()
 
-    @classmethod
-    def from_options(cls, cfg, prefix: str = "") -> "LogNormalSigma":
-        """Read `{prefix}p_mean` / `{prefix}p_std`; a prefixed key falls back to the plain one."""
-        mean = option(cfg, "p_mean", P_MEAN)
-        std = option(cfg, "p_std", P_STD)
-        dist_ = cls(option(cfg, f"{prefix}p_mean", mean), option(cfg, f"{prefix}p_std", std))
-        if dist_.p_std < 0:
-            raise UserError(f"objective option {prefix}p_std must be >= 0, got {dist_.p_std}")
-        return dist_
+
+@dataclass(frozen=True)
+class SigmaOptions:
+    """Noise levels of the auxiliary updates (`p_mean`, `p_std`) and of the generator updates
+    (`gen_p_mean`, `gen_p_std`; unset: the same as the auxiliary ones)."""
+
+    p_mean: float = opt(P_MEAN, "ln-sigma mean of the auxiliary network's updates", flag="")
+    p_std: float = opt(P_STD, "ln-sigma std of the auxiliary network's updates", flag="")
+    gen_p_mean: float | None = opt(None, "ln-sigma mean of the generator updates (default "
+                                         "p_mean)", flag="")
+    gen_p_std: float | None = opt(None, "ln-sigma std of the generator updates (default "
+                                        "p_std)", flag="")
+
+    def check(self) -> None:
+        for name in ("p_std", "gen_p_std"):
+            if (getattr(self, name) or 0) < 0:
+                raise UserError(f"objective option {name} must be >= 0, got "
+                                f"{getattr(self, name)}")
+
+    def aux_sigma(self) -> LogNormalSigma:
+        return LogNormalSigma(self.p_mean, self.p_std)
+
+    def gen_sigma(self) -> LogNormalSigma:
+        return LogNormalSigma(self.p_mean if self.gen_p_mean is None else self.gen_p_mean,
+                              self.p_std if self.gen_p_std is None else self.gen_p_std)
 
 
-def adam(params, cfg) -> torch.optim.Adam:
-    lr = float(getattr(cfg, "lr_aux", DEFAULT_LR_AUX))
-    betas = tuple(getattr(cfg, "betas", DEFAULT_BETAS))
-    return torch.optim.Adam(params, lr=lr, betas=betas)
+def adam(params, setting) -> torch.optim.Adam:
+    """The auxiliary networks' Adam (`setting`: the objective's `objectives.Setting`)."""
+    return torch.optim.Adam(params, lr=setting.lr_aux, betas=setting.betas)
 
 
 def sync_gradients(module: torch.nn.Module):

@@ -9,35 +9,40 @@ where f is the generator's denoiser. With GDD's `edm-eps` preconditioning f(x, s
 so the boundary condition holds by construction and the last pair's target is x_lo itself.
 The target network is the current student under stop-gradient (mu = 0, as improved consistency
 training recommends), not an EMA copy, so the objective keeps no state of its own.
-Distance (option `distance`): `l2` (squared, mean over pixels; default) or `huber`
-(pseudo-Huber sqrt(||d||^2 + c^2) - c with c = 0.00054 sqrt(dim), per image).
+Options (`CDOptions`): `scales`, `distance`: `l2` (squared, mean over pixels; default) or
+`huber` (pseudo-Huber sqrt(||d||^2 + c^2) - c with c = 0.00054 sqrt(dim), per image).
 A class-conditional run calls the student and the teacher with the real images' own labels.
 The one-step sample stays G(z) = D(sigma_max z; sigma_max) = f(80 z, 80); CD never uses it.
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from ..diffusion import karras_sigmas
+from ..diffusion import heun_step, karras_sigmas, per_image
 from ..errors import UserError
 from ..nets.labels import bind
-from .auxnet import check_options, global_randn, option
+from ..options import opt
+from .auxnet import global_randn
 from .loop import Dist
-from .objectives import Objective
+from .objectives import Objective, Setting
 
-OPTIONS = ("scales", "distance")
 DISTANCES = ("l2", "huber")
 
 
-def heun_step(net, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
-    """One Heun step of dx/dsigma = (x - D(x; sigma)) / sigma from `t` to `t_next` (per-image
-    noise levels, both > 0)."""
-    t4, n4 = t.reshape(-1, 1, 1, 1), t_next.reshape(-1, 1, 1, 1)
-    d = (x - net(x, t)) / t4
-    x_euler = x + (n4 - t4) * d
-    d_next = (x_euler - net(x_euler, t_next)) / n4
-    return x + (n4 - t4) * (d + d_next) / 2
+@dataclass(frozen=True)
+class CDOptions:
+    scales: int = opt(18, "cd: levels of the Karras grid", flag="")
+    distance: str = opt("l2", "cd: l2 or huber", flag="")
+
+    def check(self) -> None:
+        if self.scales < 2:
+            raise UserError(f"objective option scales={self.scales} is too small; use at least "
+                            f"2 (default 18)")
+        if self.distance not in DISTANCES:
+            raise UserError(f"objective option distance={self.distance!r} is unknown; choose "
+                            f"one of {', '.join(DISTANCES)}")
 
 
 @torch.no_grad()
@@ -58,21 +63,14 @@ def distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l2") -> torch.Tensor
 
 class ConsistencyDistillation(Objective):
     name = "cd"
+    Options = CDOptions
 
-    def __init__(self, teacher, cfg, data_shape: tuple, device):
+    def __init__(self, teacher, options: CDOptions, setting: Setting):
         super().__init__()
-        check_options(cfg, OPTIONS, self.name)
-        scales = option(cfg, "scales", 18, int)
-        self.distance = option(cfg, "distance", "l2", str)
-        if scales < 2:
-            raise UserError(f"objective option scales={scales} is too small; use at least 2 "
-                            f"(default 18)")
-        if self.distance not in DISTANCES:
-            raise UserError(f"objective option distance={self.distance!r} is unknown; choose "
-                            f"one of {', '.join(DISTANCES)}")
+        self.distance = options.distance
         # Kept out of the module tree: the frozen teacher is no state of this objective.
         object.__setattr__(self, "teacher", teacher)
-        self.sigmas = karras_sigmas(scales).float().to(device)
+        self.sigmas = karras_sigmas(options.scales).float().to(setting.device)
         self.ddp = Dist()
 
     def generator_loss(self, gen, fake, z, real, g, step, labels=None):
@@ -82,7 +80,7 @@ class ConsistencyDistillation(Objective):
         i = self.ddp.shard(torch.randint(len(self.sigmas) - 1, (n * self.ddp.world,),
                                          generator=g)).to(real.device)
         t_hi, t_lo = self.sigmas[i], self.sigmas[i + 1]
-        x_hi = real + t_hi.reshape(-1, 1, 1, 1) * global_randn(g, real.shape, real.device)
+        x_hi = real + per_image(t_hi) * global_randn(g, real.shape, real.device)
         target = cd_target(gen, teacher, x_hi, t_hi, t_lo)
         loss = distance(gen(x_hi, t_hi), target, self.distance).mean()
         return loss, {"loss_g": float(loss.detach())}

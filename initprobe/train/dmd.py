@@ -17,8 +17,9 @@ quantity a ratio estimator provides as grad_x d). Weighting (option `weighting`)
 The loss returned is the surrogate 0.5 ||x - stopgrad(x - grad)||^2 / B, whose gradient with
 respect to x is grad / B and flows into the generator through x.
 
-Objective options: `p_mean`, `p_std` (sigma of the fake-score updates, default EDM's log-normal),
-`gen_p_mean`, `gen_p_std` (sigma of the generator updates, default the same), `weighting`.
+Options (`DMDOptions`): `p_mean`, `p_std` (sigma of the fake-score updates, default EDM's
+log-normal), `gen_p_mean`, `gen_p_std` (sigma of the generator updates, default the same),
+`weighting`.
 A class-conditional run calls the teacher and the fake score (a copy of the conditional teacher)
 with the labels the fake batch was generated for. Under the loop's bf16 autocast both denoisers
 run in bf16; their outputs are cast to float32 before the difference is taken. The teacher is
@@ -26,31 +27,36 @@ held outside the module tree, so checkpoints store only the fake-score network.
 """
 
 import copy
+from dataclasses import dataclass
 
 import torch
 
-from ..diffusion import edm_loss
+from ..diffusion import edm_loss, per_image
 from ..errors import UserError
 from ..nets.labels import bind
-from .auxnet import (
-    SIGMA_OPTIONS,
-    LogNormalSigma,
-    adam,
-    check_options,
-    global_randn,
-    option,
-    sync_gradients,
-)
-from .objectives import Objective
+from ..options import opt
+from .auxnet import SigmaOptions, adam, global_randn, sync_gradients
+from .objectives import Objective, Setting
 
 WEIGHTINGS = ("dmd", "score")
 NORMALIZER_MIN = 1e-8
 
 
+@dataclass(frozen=True)
+class DMDOptions(SigmaOptions):
+    weighting: str = opt("dmd", "dmd: weighting of the score difference, dmd or score", flag="")
+
+    def check(self) -> None:
+        super().check()
+        if self.weighting not in WEIGHTINGS:
+            raise UserError(f"objective option weighting={self.weighting!r} is unknown; choose "
+                            f"{' or '.join(WEIGHTINGS)}")
+
+
 def score_difference(d_fake: torch.Tensor, d_real: torch.Tensor,
                      sigma: torch.Tensor) -> torch.Tensor:
     """s_fake - s_real from the two denoiser outputs at x_t (the x_t terms cancel)."""
-    return (d_fake - d_real) / sigma.reshape(-1, 1, 1, 1) ** 2
+    return (d_fake - d_real) / per_image(sigma) ** 2
 
 
 def dmd_direction(x: torch.Tensor, d_fake: torch.Tensor, d_real: torch.Tensor,
@@ -60,28 +66,24 @@ def dmd_direction(x: torch.Tensor, d_fake: torch.Tensor, d_real: torch.Tensor,
     if weighting == "score":
         return diff
     norm = (x - d_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(NORMALIZER_MIN)
-    return diff * sigma.reshape(-1, 1, 1, 1) ** 2 / norm
+    return diff * per_image(sigma) ** 2 / norm
 
 
 class DMD(Objective):
     name = "dmd"
+    Options = DMDOptions
 
-    def __init__(self, teacher, cfg, data_shape: tuple, device,
+    def __init__(self, teacher, options: DMDOptions, setting: Setting,
                  fake_score: torch.nn.Module | None = None):
         super().__init__()
-        check_options(cfg, SIGMA_OPTIONS + ("weighting",), self.name)
-        self.weighting = option(cfg, "weighting", "dmd", str)
-        if self.weighting not in WEIGHTINGS:
-            raise UserError(f"objective option weighting={self.weighting!r} is unknown; choose "
-                            f"{' or '.join(WEIGHTINGS)}")
-        self.aux_sigma = LogNormalSigma.from_options(cfg)
-        self.gen_sigma = LogNormalSigma.from_options(cfg, prefix="gen_")
+        self.weighting = options.weighting
+        self.aux_sigma, self.gen_sigma = options.aux_sigma(), options.gen_sigma()
         teacher.requires_grad_(False)
         object.__setattr__(self, "teacher", teacher.eval())  # not a submodule: not checkpointed
         if fake_score is None:
             fake_score = copy.deepcopy(teacher)
-        self.fake_score = fake_score.to(device).train().requires_grad_(True)
-        self.opt = adam(self.fake_score.parameters(), cfg)
+        self.fake_score = fake_score.to(setting.device).train().requires_grad_(True)
+        self.opt = adam(self.fake_score.parameters(), setting)
 
     def aux_step(self, fake, real, g, step, labels=None):
         x = fake.detach()
@@ -100,8 +102,7 @@ class DMD(Objective):
         y = None if labels is None else labels.fake
         sigma = self.gen_sigma.sample(len(x), g, x.device)
         with torch.no_grad():
-            x_t = x.detach() + sigma.reshape(-1, 1, 1, 1) * global_randn(g, tuple(x.shape),
-                                                                          x.device)
+            x_t = x.detach() + per_image(sigma) * global_randn(g, tuple(x.shape), x.device)
             d_real = bind(self.teacher, y)(x_t, sigma).float()
             d_fake = bind(self.fake_score, y)(x_t, sigma).float()
             grad = dmd_direction(x.detach(), d_fake, d_real, sigma, self.weighting)

@@ -6,27 +6,58 @@
   StyleGAN2's lazy regularization, so its average strength does not depend on the interval);
   it is computed in float32 even under autocast;
 - G loss: softplus(-D(G(z))); the discriminator's heads are excluded from its graph.
-The discriminator (`initprobe.train.discriminator`) uses `cfg.disc_features` ('teacher': the
-teacher's encoder at `cfg.disc_sigma`; 'classifier': a domain classifier) and the objective option
-`disc_channels` (width of projections and heads, default 64). Adam with `cfg.lr_aux`,
-`cfg.betas` (default (0, 0.99) as in GDD). A class-conditional run (`cfg.labels`) uses the
+The discriminator (`initprobe.train.discriminator`) uses `disc_features` ('teacher': the
+teacher's encoder at `disc_sigma`; 'classifier': a domain classifier) and `disc_channels` (width
+of projections and heads, default 64): `GANOptions`. Adam with the setting's `lr_aux` and
+`betas` (default (0, 0.99) as in GDD). A class-conditional run uses the
 conditional projection discriminator: reals with their own labels, fakes with the labels they
 were generated for. Under torchrun the heads' gradients are averaged
 across ranks before each step (`auxnet.sync_gradients`).
 """
+
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..data import load_dataset
+from ..errors import UserError
 from ..measure.features.classifier import load_or_train
-from ..nets.labels import label_dim
-from .auxnet import adam, check_options, option, sync_gradients
+from ..options import opt
+from .auxnet import adam, sync_gradients
 from .discriminator import CLASSIFIER_SEED, Discriminator, classifier_tap, teacher_tap
-from .objectives import Objective
+from .objectives import Objective, Setting
 
-OPTIONS = ("disc_channels",)
+DISC_FEATURES = ("teacher", "classifier")
+
+
+@dataclass(frozen=True)
+class GANOptions:
+    r1_gamma: float = opt(1e-4, "gan: R1 weight")
+    r1_interval: int = opt(16, "gan: lazy R1 every N steps")
+    disc_sigma: float = opt(0.5, "gan: noise level of the teacher's encoder features")
+    disc_features: str = opt("teacher", "gan: teacher or classifier")
+    disc_channels: int = opt(64, "gan: width of the discriminator's projections and heads", flag="")
+
+    def check(self) -> None:
+        for name in ("r1_gamma", "disc_sigma"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number, got "
+                                f"{getattr(self, name)}")
+        if self.r1_gamma < 0:
+            raise UserError(f"--r1-gamma must be >= 0, got {self.r1_gamma}")
+        if self.r1_interval <= 0:
+            raise UserError(f"--r1-interval must be positive, got {self.r1_interval}")
+        if self.disc_sigma <= 0:
+            raise UserError(f"--disc-sigma must be positive, got {self.disc_sigma}")
+        if self.disc_features not in DISC_FEATURES:
+            raise UserError(f"unknown --disc-features {self.disc_features!r}; choose one of "
+                            f"{', '.join(DISC_FEATURES)}")
+        if self.disc_channels < 1:
+            raise UserError(f"objective option disc_channels must be positive, got "
+                            f"{self.disc_channels}")
 
 
 def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -48,23 +79,23 @@ def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 
 class GAN(Objective):
     name = "gan"
+    Options = GANOptions
 
-    def __init__(self, teacher, cfg, data_shape: tuple, device):
+    def __init__(self, teacher, options: GANOptions, setting: Setting):
         super().__init__()
-        check_options(cfg, OPTIONS, self.name)
-        if cfg.disc_features == "teacher":
-            tap = teacher_tap(teacher, cfg.disc_sigma)
+        size = setting.data_shape[-1]
+        if options.disc_features == "teacher":
+            tap = teacher_tap(teacher, options.disc_sigma)
         else:
-            train = load_dataset(cfg.data, cfg.data_path, size=data_shape[-1])
-            test = load_dataset(cfg.data, cfg.data_path, "test", size=data_shape[-1])
+            train = load_dataset(setting.data, setting.data_path, size=size)
+            test = load_dataset(setting.data, setting.data_path, "test", size=size)
             classifier, _ = load_or_train(train, test, seed=CLASSIFIER_SEED, progress=False)
-            tap = classifier_tap(classifier.to(device))
-        channels = option(cfg, "disc_channels", 64, int)
-        classes = label_dim(teacher) if getattr(cfg, "labels", False) else 0
-        self.disc = Discriminator(tap, data_shape, device, channels=channels, seed=cfg.seed,
-                                  num_classes=classes)
-        self.r1_gamma, self.r1_interval = cfg.r1_gamma, cfg.r1_interval
-        self.opt = adam(self.disc.parameters(), cfg)
+            tap = classifier_tap(classifier.to(setting.device))
+        self.disc = Discriminator(tap, setting.data_shape, setting.device,
+                                  channels=options.disc_channels, seed=setting.seed,
+                                  num_classes=setting.classes)
+        self.r1_gamma, self.r1_interval = options.r1_gamma, options.r1_interval
+        self.opt = adam(self.disc.parameters(), setting)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"disc": self.opt}

@@ -15,15 +15,25 @@ one-hot labels of the fake batch (drawn at the data's class frequencies; the gen
 fake batch with them) and of the real batch (the images' own), and each objective conditions its
 auxiliary networks and teacher calls on them (`Labels`).
 
+Configuration: each objective declares its options as one frozen dataclass (`Options`, fields
+declared with `options.opt`: one default and help text each, from which the CLI flags are made)
+and its auxiliary learning rate's default (`lr_aux`). It is built as
+`Objective(teacher, options, setting)`: its own options and the `Setting` the trainer gives
+every objective (image shape, device, optimizer, seed, label classes, data).
+
 `generator_loss` returns a scalar *surrogate*: only its gradient with respect to the generator's
 parameters is meaningful (auxiliary networks must not accumulate gradients from it).
 """
 
 import importlib
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from ..errors import UserError
+from ..options import build
 
 
 class Labels(NamedTuple):
@@ -33,10 +43,36 @@ class Labels(NamedTuple):
     real: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What the trainer gives every objective besides its options."""
+
+    data_shape: tuple[int, int, int]   # one image (C, H, W)
+    device: torch.device | str
+    lr_aux: float                      # the auxiliary networks' Adam
+    betas: tuple[float, float]
+    seed: int = 0
+    classes: int = 0                   # label classes of a class-conditional run (0: none)
+    data: str = "digits"               # the training data (the gan's classifier features)
+    data_path: str | None = None
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """An objective without options."""
+
+    def check(self) -> None:
+        pass
+
+
 class Objective(nn.Module):
-    """Base class. Subclasses set `name` and register auxiliary networks as submodules."""
+    """Base class. Subclasses set `name`, `Options` (their options dataclass, with a `check()`
+    raising UserError) and `lr_aux` (their auxiliary learning rate's default), and register
+    auxiliary networks as submodules."""
 
     name = ""
+    Options = NoOptions
+    lr_aux = 1e-4   # GDD's discriminator and DMD's fake score
 
     def aux_step(self, fake: torch.Tensor, real: torch.Tensor, g: torch.Generator,
                  step: int, labels: Labels | None = None) -> dict[str, float]:
@@ -73,8 +109,14 @@ OBJECTIVES = {
 
 
 def objective_class(name: str) -> type[Objective]:
-    from ..errors import UserError
     if name not in OBJECTIVES:
         raise UserError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
     module, cls = OBJECTIVES[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def make_options(name: str, values: dict | None = None):
+    """Objective `name`'s options from option values (UserError for an unknown or bad one)."""
+    options = build(objective_class(name).Options, values or {}, f"objective {name}")
+    options.check()
+    return options

@@ -35,15 +35,12 @@ passes run under bf16 autocast.
 """
 
 import dataclasses
-import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from ..ablate.ops import build_init
-from ..diffusion import SIGMA_MAX, one_step, two_step
 from ..errors import UserError
 from ..measure.features.extractors import weights_hash
 from ..nets.diffusers_adapter import DiffusersDenoiser, describe
@@ -52,6 +49,7 @@ from ..nets.labels import bind, class_labels, label_dim, one_hot
 from ..nets.precond import Denoiser
 from ..report.images import save_grid
 from ..runio import append_jsonl, read_jsonl
+from .config import OneStepConfig, resolve_config
 from .evaluation import Evaluator, NonFiniteSamples, autocast, evaluates, samples
 from .loop import (
     Dist,
@@ -63,64 +61,12 @@ from .loop import (
     to_plain,
     update_ema,
 )
-from .objectives import Labels, objective_class
+from .objectives import Labels, Setting, objective_class
 from .speed import Speed, apply_speed
 
-GEN_PRECONDS = ("edm", "edm-eps")
-DIVERGENCES = ("kl", "js")
-DISC_FEATURES = ("teacher", "classifier")
 EMA_RAMPUP = 0.05
-# Auxiliary learning rates: GDD's 1e-4 for the discriminator and DMD's fake score; the class-ratio
-# estimators stay at chance with 1e-4 on digits (the generator then drifts on noise) and train
-# well with 1e-3 (measured in 400-step digits runs; see initprobe/train/ratio.py).
-LR_AUX = 1e-4
-LR_AUX_BY_OBJECTIVE = {"ratio": 1e-3, "diffratio": 1e-3}
 GRID = 64  # latents of the sample grids
 TRAINING = "initprobe.training"   # profiler range of the training proper (reproduce/memory.py)
-
-
-@dataclass
-class OneStepConfig:
-    teacher: str = ""               # teacher checkpoint (its EMA weights are used)
-    objective: str = "gan"          # a key of objectives.OBJECTIVES
-    data: str = "digits"
-    data_path: str | None = None
-    images: int = 50_000            # budget in images seen
-    batch: int = 64                 # global batch
-    lr: float = 1e-4                # generator Adam (GDD: 1e-4)
-    lr_aux: float | None = None     # auxiliary networks' Adam; None: the objective's default
-    betas: tuple[float, float] = (0.0, 0.99)
-    seed: int = 0
-    # init spec (ablate.ops.build_init)
-    init: str = "teacher"
-    reinit: str | None = None
-    shuffle: str | None = None
-    transfer_from: str | None = None
-    transfer_layers: str | None = None
-    interpolate: float | None = None
-    freeze: str | None = None       # selector spec, or the preset `gdd` (GDD-I / D2O-F)
-    precond: str = "edm-eps"        # the generator's preconditioning
-    # the generator's map
-    sigma_cond: float = SIGMA_MAX
-    steps: int = 1                  # 1: one-step map; 2: GDD's two-step map
-    sigma_mid: float = 2.0
-    # objective options
-    divergence: str = "kl"          # ratio objectives: kl | js
-    r1_gamma: float = 1e-4
-    r1_interval: int = 16
-    disc_sigma: float = 0.5
-    disc_features: str = "teacher"
-    objective_options: dict = field(default_factory=dict)
-    # bookkeeping
-    ema_halflife: float | None = None
-    eval_every: int = 10_000        # images (0: only at eval_at and the end)
-    eval_at: list[int] = field(default_factory=list)   # and at these images seen (budgets)
-    eval_n: int = 500               # 0 disables evaluation
-    eval_classifier_steps: int = 1500
-    ckpt_every: int = 500           # steps
-    log_every: int = 25             # steps
-    labels: bool = False            # class-conditional G(z, y): needs a conditional teacher
-    unet: dict = field(default_factory=dict)   # the teacher's architecture (filled in)
 
 
 def _check(cond: bool, message: str):
@@ -128,88 +74,34 @@ def _check(cond: bool, message: str):
         raise UserError(message)
 
 
-def resolve_config(cfg: OneStepConfig) -> OneStepConfig:
-    """Validate the options (UserError naming the fix) and fill in the architecture."""
-    _check(bool(cfg.teacher), "no teacher given; pass --teacher CHECKPOINT (a run directory or "
-                              ".safetensors file)")
-    objective_class(cfg.objective)
-    for name in ("images", "batch", "ckpt_every", "log_every", "r1_interval",
-                 "eval_classifier_steps"):
-        _check(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be positive, got "
-                                       f"{getattr(cfg, name)}")
-    _check(cfg.eval_every >= 0, f"--eval-every must be >= 0 (0: only --eval-at and the end), "
-                                f"got {cfg.eval_every}")
-    _check(all(isinstance(b, int) and b > 0 for b in cfg.eval_at),
-           f"--eval-at {cfg.eval_at}: give positive image counts")
-    cfg.eval_at = sorted(set(cfg.eval_at))
-    _check(cfg.eval_n == 0 or cfg.eval_n >= 10,
-           f"--eval-n {cfg.eval_n} is too small for the k-NN metrics; use 0 (off) or >= 10")
-    if cfg.lr_aux is None:
-        cfg.lr_aux = LR_AUX_BY_OBJECTIVE.get(cfg.objective, LR_AUX)
-    for name in ("lr", "lr_aux", "sigma_cond", "sigma_mid", "disc_sigma", "r1_gamma",
-                 "ema_halflife"):
-        value = getattr(cfg, name)
-        _check(value is None or math.isfinite(value),
-               f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    _check(cfg.lr > 0 and cfg.lr_aux > 0, "learning rates must be positive")
-    _check(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas),
-           f"betas {cfg.betas} must be two numbers in [0, 1)")
-    _check(cfg.r1_gamma >= 0, f"--r1-gamma must be >= 0, got {cfg.r1_gamma}")
-    _check(cfg.precond in GEN_PRECONDS, f"unknown generator preconditioning {cfg.precond!r}; "
-                                        f"choose one of {', '.join(GEN_PRECONDS)}")
-    _check(cfg.sigma_cond > 0, f"--sigma-cond must be positive, got {cfg.sigma_cond}")
-    _check(cfg.steps in (1, 2), f"--steps {cfg.steps}: the generator map has 1 or 2 steps")
-    _check(cfg.steps == 1 or 0 < cfg.sigma_mid < cfg.sigma_cond,
-           f"--sigma-mid {cfg.sigma_mid} must lie in (0, {cfg.sigma_cond}) (--sigma-cond)")
-    _check(cfg.divergence in DIVERGENCES, f"unknown divergence {cfg.divergence!r}; choose one "
-                                          f"of {', '.join(DIVERGENCES)}")
-    _check(cfg.disc_features in DISC_FEATURES, f"unknown --disc-features {cfg.disc_features!r}; "
-                                               f"choose one of {', '.join(DISC_FEATURES)}")
-    _check(cfg.disc_sigma > 0, f"--disc-sigma must be positive, got {cfg.disc_sigma}")
-    _check(cfg.ema_halflife is None or cfg.ema_halflife >= 0,
-           f"--ema-halflife must be >= 0 (0 disables the EMA), got {cfg.ema_halflife}")
-    _check((cfg.transfer_from is None) == (cfg.transfer_layers is None),
-           "--transfer-from and --transfer-layers go together; give both or neither")
-    cfg.betas = tuple(cfg.betas)
-    return cfg
-
-
-def _load_teacher(cfg: OneStepConfig, dev) -> Denoiser | DiffusersDenoiser:
-    """The frozen teacher; a diffusers teacher keeps its own noise convention, so the generator
-    copied from it does too (`precond` is recorded as `diffusers`)."""
+def _load_teacher(cfg: OneStepConfig, dev) -> tuple[Denoiser | DiffusersDenoiser, dict]:
+    """The frozen teacher and its architecture as config.json records it (`unet`, `precond`):
+    a diffusers teacher keeps its own noise convention, so the generator copied from it does
+    too (`precond` is recorded as `diffusers`)."""
     teacher = load_network(cfg.teacher, "ema")
     if isinstance(teacher, DiffusersDenoiser):
-        cfg.unet, cfg.precond = describe(teacher)["unet"], "diffusers"
+        arch = {"unet": describe(teacher)["unet"], "precond": "diffusers"}
     else:
-        cfg.unet = teacher.cfg.to_dict()
+        arch = {"unet": teacher.cfg.to_dict(), "precond": cfg.precond}
     _check(not cfg.labels or label_dim(teacher) > 0,
            f"--labels: the teacher {cfg.teacher} is unconditional (no class embedding); train "
            f"one with train-teacher --labels, or leave --labels out")
-    return teacher.to(dev).eval().requires_grad_(False)
+    return teacher.to(dev).eval().requires_grad_(False), arch
 
 
 def build_generator(cfg: OneStepConfig, teacher: Denoiser | DiffusersDenoiser) -> tuple[
         Denoiser | DiffusersDenoiser, list[dict]]:
     """The generator before training and the records of every init op (layers touched)."""
-    transfer = None
-    if cfg.transfer_from is not None:
-        source = load_network(cfg.transfer_from, "ema").to(next(teacher.parameters()).device)
-        transfer = (source, cfg.transfer_layers)
-    gen, records = build_init(teacher, cfg.init, cfg.seed, reinit=cfg.reinit,
-                              shuffle=cfg.shuffle, transfer=transfer,
-                              interpolate=cfg.interpolate, freeze=cfg.freeze)
+    spec = cfg.init_spec
+    source = None
+    if spec.transfer_from is not None:
+        source = load_network(spec.transfer_from, "ema").to(next(teacher.parameters()).device)
+    gen, records = build_init(teacher, spec, cfg.seed, source)
     if isinstance(gen, Denoiser):
         gen.precond = cfg.precond
         if gen.cfg.label_dim:   # G(z, y) always sees its label
             gen.model.cfg = dataclasses.replace(gen.cfg, label_dropout=0.0)
     return gen.train(), records
-
-
-def generator_map(cfg: OneStepConfig):
-    """z -> image with the configured one- or two-step map, as a function of the network."""
-    if cfg.steps == 1:
-        return lambda net, z: one_step(net, z, cfg.sigma_cond)
-    return lambda net, z: two_step(net, z, cfg.sigma_mid, cfg.sigma_cond)
 
 
 def _ema_halflife(cfg: OneStepConfig, images_seen: int) -> float:
@@ -241,13 +133,14 @@ def train_onestep(cfg: OneStepConfig, out: str, device: str = "auto", progress: 
     ddp = Dist()
     ddp.local_batch(cfg.batch)  # batch must split evenly across ranks
     dev = pick_device(device)
-    teacher = _load_teacher(cfg, dev)
+    teacher, arch = _load_teacher(cfg, dev)
     data = dataset_for_network(teacher, cfg.teacher, cfg.data, cfg.data_path)
     gen, records = build_generator(cfg, teacher)
     _check(any(p.requires_grad for p in gen.parameters()),
-           f"--freeze {cfg.freeze} leaves no trainable parameter; freeze fewer layers (e.g. gdd)")
+           f"--freeze {cfg.init_spec.freeze} leaves no trainable parameter; freeze fewer layers "
+           f"(e.g. gdd)")
     frozen = next((r["fraction"] for r in records if r["op"] == "freeze"), 0.0)
-    config = {"kind": "student", **to_plain(cfg), "init_records": records,
+    config = {"kind": "student", **to_plain(cfg.to_flat()), **arch, "init_records": records,
               "frozen_fraction": frozen, "teacher_hash": weights_hash(teacher)}
     with RunDir(out, config, resume_ignore=("images", "teacher_hash", "teacher_changes"),
                 lock=ddp.main) as run, torch.profiler.record_function(TRAINING):
@@ -277,17 +170,19 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
            speed: Speed) -> dict:
     images = data.images.to(dev)
     torch.manual_seed(cfg.seed)
-    objective = objective_class(cfg.objective)(teacher, cfg, data.shape, dev)
+    classes = label_dim(gen) if cfg.labels else 0
+    setting = Setting(data.shape, dev, cfg.lr_aux, cfg.betas, cfg.seed, classes, cfg.data,
+                      cfg.data_path)
+    objective = objective_class(cfg.objective)(teacher, cfg.options, setting)
     ema = ema_copy(gen)
     opt = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=cfg.lr,
                            betas=cfg.betas)
     step = _restore(run, gen, ema, opt, objective)
     apply_speed(speed, dev, gen, teacher)
     teacher_changes = _teacher_check(run, step, allow_teacher_change)
-    classes = label_dim(gen) if cfg.labels else 0
     onehot = one_hot(data.labels, classes, dev) if classes else None
     evaluate = Evaluator(cfg, data, dev, classes) if ddp.main and cfg.eval_n else None
-    sample = generator_map(cfg)
+    sample = cfg.gen_map
 
     def grid(name: str):   # a conditional generator's grid: one class per column
         y = one_hot(class_labels(gen, f"0-{classes - 1}", range(GRID)), classes) if classes \
@@ -305,8 +200,7 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
     model = torch.nn.parallel.DistributedDataParallel(gen) if ddp.on else gen
     total = -(-cfg.images // cfg.batch)
     meta = dict(kind="student", objective=cfg.objective, init=records, data=cfg.data,
-                seed=cfg.seed, sigma_cond=cfg.sigma_cond, steps=cfg.steps,
-                sigma_mid=cfg.sigma_mid)
+                seed=cfg.seed, **cfg.gen_map.to_meta())
 
     def log_eval(step: int) -> dict:
         try:

@@ -31,16 +31,18 @@ Objectives (see `initprobe.nets.ratio_estimators` for the networks):
   network (default width max(8, teacher width / 4); a few percent of the teacher's parameters);
   the DiffRatio paper uses reverse KL (`--divergence kl`, the default).
 
-Class-conditional runs (`cfg.labels`): the estimator is d(x_t, sigma, y), trained on noised fakes
-with the labels they were generated for and noised reals with their own labels, so it estimates
-log p_student(x_t | y) - log p_data(x_t | y); the generator update uses the fakes' labels.
+Class-conditional runs (the setting's `classes`): the estimator is d(x_t, sigma, y), trained on
+noised fakes with the labels they were generated for and noised reals with their own labels, so
+it estimates log p_student(x_t | y) - log p_data(x_t | y); the generator update uses the fakes'
+labels.
 
-Learning rate: on digits the loop's default `--lr-aux 1e-4` leaves the estimator near chance
+Learning rate: on digits the other objectives' `--lr-aux 1e-4` leaves the estimator near chance
 for hundreds of steps while Adam still moves the generator at full step size along its small,
-noisy gradient; `--lr-aux 1e-3` trained both objectives well in 400-step digits runs.
+noisy gradient; `--lr-aux 1e-3` (these objectives' default) trained both objectives well in
+400-step digits runs.
 
-Objective options (`objective_options`): `p_mean`, `p_std` (sigma of the estimator updates),
-`gen_p_mean`, `gen_p_std` (sigma of the generator updates, default the same);
+Options (`RatioOptions`, `DiffRatioOptions`): `divergence`; `p_mean`, `p_std` (sigma of the
+estimator updates), `gen_p_mean`, `gen_p_std` (sigma of the generator updates, default the same);
 `diffratio` also `ratio_channels` (base width of the lightweight network).
 Under the loop's bf16 autocast the estimator runs in bf16; logits are cast to float32 before
 the loss and the weights. The estimator's architecture is stored in the objective state
@@ -48,11 +50,13 @@ the loss and the weights. The estimator's architecture is stored in the objectiv
 teacher (`load_estimator`).
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import per_image
 from ..errors import UserError
-from ..nets.labels import label_dim
 from ..nets.precond import Denoiser
 from ..nets.ratio_estimators import (
     EncoderRatio,
@@ -61,18 +65,34 @@ from ..nets.ratio_estimators import (
     build_estimator,
     count_parameters,
 )
-from .auxnet import (
-    SIGMA_OPTIONS,
-    LogNormalSigma,
-    adam,
-    check_options,
-    global_randn,
-    option,
-    sync_gradients,
-)
-from .objectives import Objective
+from ..options import opt
+from .auxnet import LogNormalSigma, SigmaOptions, adam, global_randn, sync_gradients
+from .objectives import Objective, Setting
 
 DIVERGENCES = ("kl", "js")
+
+
+@dataclass(frozen=True)
+class RatioOptions(SigmaOptions):
+    divergence: str = opt("kl", "ratio objectives: kl or js")
+
+    def check(self) -> None:
+        super().check()
+        if self.divergence not in DIVERGENCES:
+            raise UserError(f"unknown --divergence {self.divergence!r}; choose "
+                            f"{' or '.join(DIVERGENCES)}")
+
+
+@dataclass(frozen=True)
+class DiffRatioOptions(RatioOptions):
+    ratio_channels: int | None = opt(None, "diffratio: base width of the ratio network "
+                                           "(default max(8, teacher width / 4))", flag="")
+
+    def check(self) -> None:
+        super().check()
+        if self.ratio_channels is not None and self.ratio_channels < 4:
+            raise UserError(f"objective option ratio_channels must be >= 4, got "
+                            f"{self.ratio_channels}")
 
 
 def logistic_loss(d_fake: torch.Tensor, d_real: torch.Tensor) -> torch.Tensor:
@@ -89,29 +109,24 @@ def divergence_weight(d: torch.Tensor, divergence: str) -> torch.Tensor:
     raise ValueError(f"unknown divergence {divergence!r}")
 
 
-def _bcast(sigma: torch.Tensor) -> torch.Tensor:
-    return sigma.reshape(-1, 1, 1, 1)
-
-
 class RatioObjective(Objective):
     """Estimator training and the f-divergence generator update; subclasses pick the network."""
 
-    def __init__(self, estimator: RatioEstimator, teacher, cfg, device,
-                 known_options=SIGMA_OPTIONS):
+    Options = RatioOptions
+    lr_aux = 1e-3
+
+    def __init__(self, estimator: RatioEstimator, teacher, options: RatioOptions,
+                 setting: Setting):
         super().__init__()
         self.teacher_params = count_parameters(teacher)
-        check_options(cfg, known_options, self.name)
-        self.divergence = getattr(cfg, "divergence", "kl")
-        if self.divergence not in DIVERGENCES:
-            raise UserError(f"unknown --divergence {self.divergence!r}; choose kl or js")
-        self.aux_sigma = LogNormalSigma.from_options(cfg)
-        self.gen_sigma = LogNormalSigma.from_options(cfg, prefix="gen_")
-        self.estimator = estimator.to(device).train()
-        self.opt = adam(self.estimator.parameters(), cfg)
+        self.divergence = options.divergence
+        self.aux_sigma, self.gen_sigma = options.aux_sigma(), options.gen_sigma()
+        self.estimator = estimator.to(setting.device).train()
+        self.opt = adam(self.estimator.parameters(), setting)
 
     def noised(self, x: torch.Tensor, dist: LogNormalSigma, g: torch.Generator):
         sigma = dist.sample(len(x), g, x.device)
-        return x + _bcast(sigma) * global_randn(g, tuple(x.shape), x.device), sigma
+        return x + per_image(sigma) * global_randn(g, tuple(x.shape), x.device), sigma
 
     def aux_step(self, fake, real, g, step, labels=None):
         y_fake, y_real = labels if labels is not None else (None, None)
@@ -175,7 +190,7 @@ class ClassRatio(RatioObjective):
 
     name = "ratio"
 
-    def __init__(self, teacher, cfg, data_shape: tuple, device,
+    def __init__(self, teacher, options: RatioOptions, setting: Setting,
                  estimator: RatioEstimator | None = None):
         if estimator is None:
             _needs_unet(teacher, self.name)
@@ -186,26 +201,25 @@ class ClassRatio(RatioObjective):
                 raise UserError(f"objective ratio copies a DDPM++ encoder, and this teacher is "
                                 f"{what}; use the objective diffratio, gan, dmd or cd")
             estimator = EncoderRatio.from_denoiser(teacher)
-        super().__init__(estimator, teacher, cfg, device)
+        super().__init__(estimator, teacher, options, setting)
 
 
 class DiffRatio(RatioObjective):
     """Objective `diffratio`: a lightweight, randomly initialized ratio network."""
 
     name = "diffratio"
+    Options = DiffRatioOptions
 
-    def __init__(self, teacher, cfg, data_shape: tuple, device,
+    def __init__(self, teacher, options: DiffRatioOptions, setting: Setting,
                  estimator: RatioEstimator | None = None):
         if estimator is None:
             _needs_unet(teacher, self.name)
-            base = teacher.cfg.model_channels
-            channels = option(cfg, "ratio_channels", max(8, base // 4), int)
-            if channels < 4:
-                raise UserError(f"objective option ratio_channels must be >= 4, got {channels}")
-            c, res, _ = data_shape
-            classes = label_dim(teacher) if getattr(cfg, "labels", False) else 0
-            estimator = LiteRatio(c, res, channels, teacher.cfg.channel_mult, classes)
-        super().__init__(estimator, teacher, cfg, device, SIGMA_OPTIONS + ("ratio_channels",))
+            channels = options.ratio_channels
+            if channels is None:
+                channels = max(8, teacher.cfg.model_channels // 4)
+            c, res, _ = setting.data_shape
+            estimator = LiteRatio(c, res, channels, teacher.cfg.channel_mult, setting.classes)
+        super().__init__(estimator, teacher, options, setting)
 
 
 def load_estimator(aux_state: dict) -> RatioEstimator:

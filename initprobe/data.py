@@ -24,6 +24,9 @@ import torch.nn.functional as F
 
 from .errors import UserError
 
+DATA_HELP = "dataset: digits (bundled, default), mnist, cifar10, folder"
+PATH_HELP = "path of the dataset file or folder (not needed for digits)"
+
 DATASETS = ("digits", "mnist", "cifar10", "folder")
 NATIVE_SIZE = {"digits": 8, "mnist": 32, "cifar10": 32}
 

@@ -4,8 +4,6 @@ from pathlib import Path
 
 from ..errors import UserError
 
-DATA_HELP = "dataset: digits (bundled, default), mnist, cifar10, folder"
-PATH_HELP = "path of the dataset file or folder (not needed for digits)"
 LAYERS_HELP = ("layer selector, the language of `initprobe layers CKPT --select`: blocks (the last "
                "conv of every block), decoder, 'enc.*', res:4, gdd, all, layer ids; join with , "
                "or + (union) and - (difference)")

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import typer
 
+from ..data import DATA_HELP, PATH_HELP
 from ..errors import UserError
 from ..train.teacher import DEFAULT_LABEL_DROPOUT
 from . import app
-from .common import DATA_HELP, LABELS_HELP, PATH_HELP, parse_ints
+from .common import LABELS_HELP, parse_ints
 
 
 def parse_seeds(spec: str) -> list[int]:

@@ -5,16 +5,9 @@ from typing import Annotated
 
 import typer
 
+from ..data import DATA_HELP, PATH_HELP
 from . import app
-from .common import (
-    DATA_HELP,
-    DEVICE_HELP,
-    LABELS_HELP,
-    PATH_HELP,
-    class_inputs,
-    dataset_for,
-    run_labels,
-)
+from .common import DEVICE_HELP, LABELS_HELP, class_inputs, dataset_for, run_labels
 
 Opt = typer.Option
 

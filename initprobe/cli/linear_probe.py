@@ -6,17 +6,10 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from ..data import DATA_HELP, PATH_HELP
 from ..measure.analyses.profiles import DEFAULT_LAYERS
 from . import app
-from .common import (
-    DATA_HELP,
-    DEVICE_HELP,
-    LAYERS_HELP,
-    PATH_HELP,
-    dataset_for,
-    numbers,
-    run_labels,
-)
+from .common import DEVICE_HELP, LAYERS_HELP, dataset_for, numbers, run_labels
 
 Opt = typer.Option
 

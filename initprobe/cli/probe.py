@@ -6,18 +6,10 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from ..data import DATA_HELP, PATH_HELP
 from ..measure.analyses.profiles import DEFAULT_LAYERS
 from . import app
-from .common import (
-    DATA_HELP,
-    DEVICE_HELP,
-    LABELS_HELP,
-    LAYERS_HELP,
-    PATH_HELP,
-    class_inputs,
-    dataset_for,
-    run_labels,
-)
+from .common import DEVICE_HELP, LABELS_HELP, LAYERS_HELP, class_inputs, dataset_for, run_labels
 
 Opt = typer.Option
 

@@ -5,9 +5,10 @@ from typing import Annotated
 
 import typer
 
+from ..data import DATA_HELP, PATH_HELP
 from ..errors import UserError
 from . import app
-from .common import DATA_HELP, DEVICE_HELP, LABELS_HELP, PATH_HELP, numbers, run_labels
+from .common import DEVICE_HELP, LABELS_HELP, numbers, run_labels
 
 Opt = typer.Option
 NETWORK_HELP = "feature network: classifier (trained on the data, cached) or inception (FID)"

@@ -5,18 +5,11 @@ from typing import Annotated
 
 import typer
 
+from ..data import DATA_HELP, PATH_HELP
 from ..errors import UserError
 from ..measure.analyses.profiles import DEFAULT_LAYERS
 from . import app
-from .common import (
-    DATA_HELP,
-    DEVICE_HELP,
-    LABELS_HELP,
-    LAYERS_HELP,
-    PATH_HELP,
-    class_inputs,
-    dataset_for,
-)
+from .common import DEVICE_HELP, LABELS_HELP, LAYERS_HELP, class_inputs, dataset_for
 
 Opt = typer.Option
 

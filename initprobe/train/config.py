@@ -17,16 +17,16 @@ import math
 from dataclasses import dataclass, field
 
 from ..ablate.ops import InitSpec
+from ..data import DATA_HELP, PATH_HELP
 from ..diffusion import GeneratorMap
 from ..errors import UserError
+from ..measure.features.classifier import STEPS
 from ..options import build, flat_fields, opt, option_fields
 from .objectives import OBJECTIVES, make_options, objective_class
 
 GEN_PRECONDS = ("edm", "edm-eps")
 OBJ = "Objective"
 MAP = "Generator map"
-DATA_HELP = "dataset: digits (bundled, default), mnist, cifar10, folder"
-PATH_HELP = "path of the dataset file or folder (not needed for digits)"
 POSITIVE = ("images", "batch", "ckpt_every", "log_every", "eval_classifier_steps")
 
 
@@ -57,7 +57,7 @@ class OneStepConfig:
     eval_at: list[int] = opt([], "also evaluate at these images seen, e.g. 1000,2000,5000,10000 "
                                  "(log-spaced budgets: one run, whole curve)")
     eval_n: int = opt(500, "samples per evaluation (0 disables)")
-    eval_classifier_steps: int = opt(1500, "training steps of the evaluation classifier",
+    eval_classifier_steps: int = opt(STEPS, "training steps of the evaluation classifier",
                                      flag="")
     ckpt_every: int = opt(500, "checkpoint every N steps")
     log_every: int = opt(25, "log the losses every N steps", flag="")

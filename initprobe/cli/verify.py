@@ -15,24 +15,17 @@ def load_run_verifier(run_dir: Path):
     """The EMA generator, its map z -> image and the trained ratio estimator of a run's latest
     checkpoint. The estimator lives in the checkpoint's `.state.pt` under `aux` (the objective's
     state, which records the estimator's architecture as `estimator_spec`)."""
-    import torch
-
     from ..diffusion import GeneratorMap
     from ..nets.io import load_network, read_meta, resolve
-    from ..train.ratio import load_estimator
+    from ..train.ratio import run_estimator
     stem = resolve(run_dir)
     meta = read_meta(stem)
     if meta.get("kind") != "student" or meta.get("objective") not in ("ratio", "diffratio"):
         raise UserError(f"{stem}: not a ratio/diffratio student checkpoint (objective "
                         f"{meta.get('objective')!r}); pass a run trained with --objective "
                         f"ratio or diffratio")
-    try:
-        state = torch.load(stem.with_suffix(".state.pt"), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise UserError(f"{stem.with_suffix('.state.pt')}: unreadable training state ({e}); "
-                        f"use a checkpoint with its .state.pt beside it") from None
     gen = load_network(stem, "ema")
-    return gen, GeneratorMap.of_meta(meta), load_estimator(state["aux"]), stem
+    return gen, GeneratorMap.of_meta(meta), run_estimator(stem), stem
 
 
 @app.command("sample-best-of")

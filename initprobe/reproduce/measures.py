@@ -54,7 +54,7 @@ from ..measure.metrics.spectrum import band_edges, band_error
 from ..nets.io import latest_checkpoint
 from ..runio import read_jsonl
 from ..train.onestep import TRAINING, train_onestep
-from ..train.ratio import load_estimator
+from ..train.ratio import run_estimator
 from ..train.verifier import choose_best, importance_resample, ratio_logits
 from .memory import peak_bytes
 
@@ -218,12 +218,6 @@ def memory(sr, opts) -> dict[str, pd.DataFrame]:
     return {"memory": table(records)}
 
 
-def _ratio_estimator(run_dir, device):
-    stem = latest_checkpoint(run_dir)
-    state = torch.load(stem.with_suffix(".state.pt"), map_location="cpu", weights_only=True)
-    return load_estimator(state["aux"]).to(device)
-
-
 def best_of_k(sr, opts) -> dict[str, pd.DataFrame]:
     ws = sr.ws
     extractor, reference = ws.quality_reference
@@ -231,7 +225,7 @@ def best_of_k(sr, opts) -> dict[str, pd.DataFrame]:
     records = []
     for seed in sr.study.seeds:
         run = sr.dir(opts["arm"], seed)
-        gen, estimator = ws.network(run), _ratio_estimator(run, ws.device)
+        gen, estimator = ws.network(run), run_estimator(latest_checkpoint(run)).to(ws.device)
         shape = ws.data.shape
         x = generate(gen, latents(range(n * ks[-1]), shape, ws.device), "generator")
         d = ratio_logits(estimator, x, sigma).reshape(n, ks[-1])

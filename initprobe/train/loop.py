@@ -138,6 +138,26 @@ def _finite(*modules: torch.nn.Module) -> bool:
                              for m in modules for p in m.parameters()]).all())
 
 
+RESUME_FIX = "delete that checkpoint to resume from an older one"
+
+
+def read_state(stem: Path, keys: tuple[str, ...] = (), fix: str = RESUME_FIX) -> dict:
+    """The training state of checkpoint `stem` (its `.state.pt`): tensors and plain containers
+    only (never code); UserError ending with `fix` if it is unreadable or lacks one of `keys`."""
+    p = stem.with_suffix(".state.pt")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{p}: refused, it holds objects other than tensors and plain "
+                        f"containers; {fix}") from None
+    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"{p}: unreadable training state ({e}); {fix}") from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserError(f"{p}: not a training state (missing {', '.join(missing)}); {fix}")
+    return state
+
+
 class RunDir:
     """A run directory: one writer at a time (`lock`: the main process), fixes the config on
     first use and refuses a rerun with a different one; use it as a context manager, which
@@ -225,30 +245,11 @@ class RunDir:
                 old.with_suffix(suffix).unlink(missing_ok=True)
         return stem
 
-    def load_state(self, stem: Path, keys: tuple[str, ...]) -> dict:
-        """The loop state of checkpoint `stem`: tensors and plain containers only (never code);
-        UserError if it is unreadable or lacks one of `keys`."""
-        p = stem.with_suffix(".state.pt")
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise UserError(f"{p}: refused, it holds objects other than tensors and plain "
-                            f"containers; delete that checkpoint to resume from an older "
-                            f"one") from None
-        except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
-            raise UserError(f"{p}: unreadable training state ({e}); delete that checkpoint to "
-                            f"resume from an older one") from None
-        missing = [k for k in keys if not isinstance(state, dict) or k not in state]
-        if missing:
-            raise UserError(f"{p}: not a training state (missing {', '.join(missing)}); delete "
-                            f"that checkpoint to resume from an older one")
-        return state
-
     def restore(self, stem: Path, loaders: dict) -> int:
         """Load checkpoint `stem`'s loop state: `loaders[key](state[key])` for every key (a
         module's or optimizer's `load_state_dict`); returns its step. UserError if a part does
         not fit this run."""
-        state = self.load_state(stem, (*loaders, "step"))
+        state = read_state(stem, (*loaders, "step"))
         p = stem.with_suffix(".state.pt")
         for key, load in loaders.items():
             try:

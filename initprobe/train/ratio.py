@@ -51,6 +51,7 @@ teacher (`load_estimator`).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,7 @@ from ..nets.ratio_estimators import (
 )
 from ..options import opt
 from .auxnet import LogNormalSigma, SigmaOptions, adam, global_randn, sync_gradients
+from .loop import read_state
 from .objectives import Objective, Setting
 
 DIVERGENCES = ("kl", "js")
@@ -232,3 +234,10 @@ def load_estimator(aux_state: dict) -> RatioEstimator:
     net.load_state_dict({k[len(prefix):]: v for k, v in aux_state["modules"].items()
                          if k.startswith(prefix)})
     return net.eval()
+
+
+def run_estimator(stem: Path) -> RatioEstimator:
+    """The trained estimator of a `ratio`/`diffratio` checkpoint `stem` (its `.state.pt`'s
+    objective state)."""
+    state = read_state(stem, ("aux",), "use a checkpoint with its .state.pt beside it")
+    return load_estimator(state["aux"])

@@ -338,7 +338,7 @@ def test_runs_trained_ahead_in_worker_processes_equal_the_serial_ones(tmp_path):
     train_ahead(ahead, studies, jobs=2, log=lines.append)
     assert lines == []  # everything finished: no pool is started
     # measurements: studies side by side in workers equal the serial ones, table for table
-    measure_ahead(ahead, studies, jobs=2, log=lines.append)
+    assert measure_ahead(ahead, studies, jobs=2, log=lines.append) == {s.stem for s in studies}
     assert sum("measured" in line for line in lines) >= len(studies)
     for study in studies:
         folder = study_dir(serial, study)
@@ -351,6 +351,12 @@ def test_runs_trained_ahead_in_worker_processes_equal_the_serial_ones(tmp_path):
         for name in tables:
             # run folders differ by their teacher's path: compare the numbers, not the paths
             assert_frame_equal(pd.read_csv(folder / name), pd.read_csv(ours / name))
+    # tables measured ahead are new: the study loop redraws figures drawn from older ones
+    stale = tmp_path / "fig" / f"{studies[0].stem}-quality.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"stale")
+    run_study(ahead, studies[0], stale.parent, lambda s: None, fresh=True)
+    assert stale.read_bytes()[:4] == b"\x89PNG"
 
 
 # ---- verdicts per budget -----------------------------------------------------------------

@@ -150,14 +150,15 @@ def reproduce_cmd(
 
     if jobs > 1:
         train_ahead(ws, chosen, jobs, typer.echo, between=gate)
-        measure_ahead(ws, chosen, jobs, typer.echo)
+        fresh = measure_ahead(ws, chosen, jobs, typer.echo)
     else:
         ws.ensure_teacher()
         gate()
+        fresh = set()
     results = []
     for study in studies:
         if study.stem in selected:
-            results.append(run_study(ws, study, figures, typer.echo))
+            results.append(run_study(ws, study, figures, typer.echo, study.stem in fresh))
         elif (cached := cached_result(ws, study)) is not None:
             results.append(cached)
     command = (f"initprobe reproduce --profile {profile}"

@@ -113,12 +113,12 @@ def measure_job(profile: Profile, root: Path, device: str, study: Study) -> list
 
 
 def measure_ahead(ws: Workspace, studies: list[Study], jobs: int,
-                  log: Callable[[str], None] = print) -> None:
+                  log: Callable[[str], None] = print) -> set[str]:
     """Compute the missing measurements of `studies` (their runs trained), `jobs` studies at a
-    time in worker processes."""
+    time in worker processes; returns the stems of the studies measured."""
     todo = [s for s in studies if missing_measurements(s, study_dir(ws, s))]
     if not todo:
-        return
+        return set()
     log(f"measuring ahead: {len(todo)} studies, {jobs} processes")
     with _pool(ws, jobs, log) as pool:
         started = [pool.submit(measure_job, ws.profile, ws.root, str(ws.device), s)
@@ -126,3 +126,4 @@ def measure_ahead(ws: Workspace, studies: list[Study], jobs: int,
         for future in as_completed(started):
             for line in future.result():
                 log(line)
+    return {s.stem for s in todo}

@@ -71,8 +71,9 @@ def measure(sr: StudyRuns, folder: Path, todo: list[str],
 
 
 def run_study(ws: Workspace, study: Study, figures: Path,
-              log: Callable[[str], None] = print) -> StudyResult:
-    """Bring one study up to date (module docstring) and return its tables."""
+              log: Callable[[str], None] = print, fresh: bool = False) -> StudyResult:
+    """Bring one study up to date (module docstring) and return its tables; `fresh`: its
+    tables were just measured ahead (`parallel.measure_ahead`), so every figure is redrawn."""
     t0 = time.perf_counter()
     folder = study_dir(ws, study)
     todo = missing_measurements(study, folder)
@@ -87,12 +88,12 @@ def run_study(ws: Workspace, study: Study, figures: Path,
             sr.train_all()
         measure(sr, folder, todo, log)
     tables = read_tables(folder)
-    drawn = draw_study(study, tables, figures, only_missing=not todo)
+    drawn = draw_study(study, tables, figures, only_missing=not (todo or fresh))
     if study.runs:
         copy_samples(_sample_grids(ws, sr), figures)
     if drawn:
         log(f"  figures: {', '.join(str(p) for p in drawn)}")
-    return StudyResult(study, folder, "computed" if todo else "cached", tables,
+    return StudyResult(study, folder, "computed" if todo or fresh else "cached", tables,
                        time.perf_counter() - t0)
 
 

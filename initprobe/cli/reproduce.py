@@ -13,8 +13,8 @@ from .common import CHANNELS_LAST_HELP, COMPILE_HELP
 Opt = typer.Option
 
 # the options that choose a reproduction (shared by reproduce and reproduce-one)
-Profile = Annotated[str, Opt(help="quick (bundled digits, < 15 min on 2 CPU cores), mnist "
-                                  "(MNIST 16x16, needs --data-path) or cifar10 (EDM's "
+Profile = Annotated[str, Opt(help="quick (bundled digits, 23 min on 2 CPU cores with --jobs "
+                                  "2), mnist (MNIST 16x16, needs --data-path) or cifar10 (EDM's "
                                   "checkpoint: --teacher, --data-path, --inception-weights)")]
 DataPath = Annotated[str | None, Opt(help="dataset file of the profile (mnist: the .npz or idx "
                                           "folder; cifar10: cifar-10-batches-py or .npz)")]

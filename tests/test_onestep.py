@@ -107,6 +107,18 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(teacher, tmp_path):
         train(config(teacher, n=6, lr=1e-3, **kw), tmp_path / "halves")
 
 
+def test_a_run_extended_past_a_budget_keeps_its_checkpoint_and_grid_there(teacher, tmp_path):
+    kw = dict(eval_at=[2 * BATCH], ckpt_every=1)   # every step saved, old ones pruned
+    train(config(teacher, n=2, **kw), tmp_path / "short")
+    train(config(teacher, n=6, **kw), tmp_path / "long")
+    kept = sorted(p.stem for p in (tmp_path / "long" / "checkpoints").glob("*.json"))
+    assert kept == ["ckpt-0000002", "ckpt-0000005", "ckpt-0000006"]   # the budget's is kept
+    short = load_file(latest_checkpoint(tmp_path / "short").with_suffix(".safetensors"))
+    at = load_file(tmp_path / "long" / "checkpoints" / "ckpt-0000002.safetensors")
+    assert short.keys() == at.keys() and all(torch.equal(short[k], at[k]) for k in short)
+    assert (tmp_path / "long" / "samples" / onestep.budget_grid(2 * BATCH)).exists()
+
+
 def test_config_records_init_ops_and_touched_layers(teacher, tmp_path):
     out = tmp_path / "ablate"
     train(config(teacher, n=2, reinit="decoder", freeze="gdd"), out)

@@ -24,6 +24,7 @@ from initprobe.reproduce.parallel import measure_ahead, pending, train_ahead
 from initprobe.reproduce.rules import FAILS, HOLDS, INCONCLUSIVE, Measured, combine, evaluate
 from initprobe.reproduce.runner import measure, missing_measurements, run_study, study_dir
 from initprobe.reproduce.workspace import StudyRuns, Workspace
+from initprobe.runio import read_jsonl
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -357,6 +358,29 @@ def test_runs_trained_ahead_in_worker_processes_equal_the_serial_ones(tmp_path):
     stale.write_bytes(b"stale")
     run_study(ahead, studies[0], stale.parent, lambda s: None, fresh=True)
     assert stale.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_studies_sharing_a_run_at_two_budgets_train_it_once_and_read_their_budget(tmp_path):
+    long = STUDY.replace("images = 32", "images = 48").replace('"C1"', '"C2"')
+    folder = write_experiments(tmp_path / "exp")
+    (folder / "c2_mini.toml").write_text(long)
+    prof = load_profile(folder, "mini")
+    prof.student["eval_at"] = [32, 48]
+    short, longer = load_studies(folder, prof)
+    ws = Workspace(prof, tmp_path / "out", "cpu", log=lambda s: None)
+    assert StudyRuns(ws, short).dir("random-init", 0) == StudyRuns(ws, longer).dir("random-init", 0)
+    runs = pending(ws, [short, longer])[1]
+    assert len(runs) == 4 and {cfg.images for _, cfg in runs.values()} == {48}
+    train_ahead(ws, [short, longer], jobs=1, log=lambda s: None)
+    sr = StudyRuns(ws, short)
+    assert sr.checkpoint("random-init", 0).name == "ckpt-0000002"   # 32 images at batch 16
+    table = measures.quality(sr, {})
+    assert set(table["curves"]["x"]) == {0, 32}  # not the longer run's evaluation at 48
+    evals = {r["images_seen"]: r["fd_classifier"] for r in read_jsonl(
+        sr.dir("random-init", 0) / "metrics.jsonl") if r["kind"] == "eval"}
+    final = table["quality"].query("group == 'random-init' and seed == 0 and "
+                                   "metric == 'fd_classifier'")["value"]
+    assert final.tolist() == [evals[32]] and 48 in evals
 
 
 # ---- verdicts per budget -----------------------------------------------------------------

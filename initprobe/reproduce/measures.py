@@ -51,7 +51,6 @@ from ..measure.analyses.quality import quality_metrics, sample_batches, summariz
 from ..measure.analyses.relfid import relfid_sweep
 from ..measure.analyses.similarity import cka_diagonal
 from ..measure.metrics.spectrum import band_edges, band_error
-from ..nets.io import latest_checkpoint
 from ..runio import read_jsonl
 from ..train.onestep import TRAINING, train_onestep
 from ..train.ratio import run_estimator
@@ -80,12 +79,13 @@ def _quality_values(record: dict) -> dict:
 
 def quality(sr, opts) -> dict[str, pd.DataFrame]:
     finals, curves = [], []
-    for label, seed, _ in sr.items():
+    for label, seed, cfg in sr.items():
+        last = -(-cfg.images // cfg.batch) * cfg.batch   # the study's budget in a longer run
         evals = {r["images_seen"]: r for r in read_jsonl(sr.dir(label, seed) / "metrics.jsonl")
-                 if r.get("kind") == "eval"}
-        if not evals:
-            raise UserError(f"{sr.dir(label, seed)}: the run has no evaluation; set the "
-                            f"profile's student.eval_n > 0")
+                 if r.get("kind") == "eval" and r["images_seen"] <= last}
+        if last not in evals:
+            raise UserError(f"{sr.dir(label, seed)}: the run has no evaluation at {cfg.images} "
+                            f"images; set the profile's student.eval_n > 0")
         for seen, r in sorted(evals.items()):
             curves += rows(label, seed, _quality_values(r), x=seen)
         finals += rows(label, seed, _quality_values(evals[max(evals)]))
@@ -109,7 +109,7 @@ def cka(sr, opts) -> dict[str, pd.DataFrame]:
     images, records, detail = ws.real_images(), [], []
     for label, seed, cfg in sr.items():
         for stage, net in (("before", ws.init_network(cfg)),
-                           ("after", ws.network(sr.dir(label, seed)))):
+                           ("after", sr.network(label, seed))):
             df = cka_diagonal(ws.teacher_net, net, images, opts["sigmas"], kernel=opts["kernel"],
                               batch=128, run=f"teacher vs {label}")
             detail.append(df.assign(group=label, seed=seed, stage=stage))
@@ -132,7 +132,7 @@ def activations(sr, opts) -> dict[str, pd.DataFrame]:
     teacher = probe_many({"teacher": ws.teacher_net}, images, stat=opts["stat"])
     detail.append(teacher.assign(seed=math.nan))
     for label, seed, _ in sr.items():
-        df = probe_many({label: ws.network(sr.dir(label, seed))}, images, stat=opts["stat"])
+        df = probe_many({label: sr.network(label, seed)}, images, stat=opts["stat"])
         both = pd.concat([teacher, df], ignore_index=True)
         records += rows(label, seed, {"act_profile_corr": profile_correlation(both, label,
                                                                               "teacher")})
@@ -147,7 +147,7 @@ def relfid(sr, opts) -> dict[str, pd.DataFrame]:
     steps, mids = [int(s) for s in opts["steps"]], [float(m) for m in opts["sigma_mid"]]
     records, detail = [], []
     for seed in sr.study.seeds:
-        student = ws.network(sr.dir(opts["arm"], seed))
+        student = sr.network(opts["arm"], seed)
         df = relfid_sweep(ws.teacher_net, student, ws.data, extractor, steps, mids,
                           ws.profile.measure["n"], step_sampler=opts["sampler"])
         detail.append(df.assign(seed=seed))
@@ -189,7 +189,7 @@ def spectra(sr, opts) -> dict[str, pd.DataFrame]:
     records = []
     for label, seed, cfg in sr.items():
         for group, net in ((f"{label}@init", ws.init_network(cfg)),
-                           (label, ws.network(sr.dir(label, seed)))):
+                           (label, sr.network(label, seed))):
             _, power = mean_spectrum(sample_batches(net, n, "generator"))
             mismatch = band_error(power, data_power, edges)
             values = {f"band_mismatch_{b}": mismatch[b] for b in BANDS}
@@ -224,8 +224,8 @@ def best_of_k(sr, opts) -> dict[str, pd.DataFrame]:
     ks, n, sigma = sorted({int(k) for k in opts["k"]}), ws.profile.measure["n"], opts["sigma"]
     records = []
     for seed in sr.study.seeds:
-        run = sr.dir(opts["arm"], seed)
-        gen, estimator = ws.network(run), run_estimator(latest_checkpoint(run)).to(ws.device)
+        gen = sr.network(opts["arm"], seed)
+        estimator = run_estimator(sr.checkpoint(opts["arm"], seed)).to(ws.device)
         shape = ws.data.shape
         x = generate(gen, latents(range(n * ks[-1]), shape, ws.device), "generator")
         d = ratio_logits(estimator, x, sigma).reshape(n, ks[-1])
@@ -250,7 +250,7 @@ def linear_probe(sr, opts) -> dict[str, pd.DataFrame]:
     images, labels = ws.data.images[:n].to(ws.device), ws.data.labels[:n]
     records, detail = [], []
     for label, seed, cfg in sr.items():
-        nets = {f"{label}@init": ws.init_network(cfg), label: ws.network(sr.dir(label, seed))}
+        nets = {f"{label}@init": ws.init_network(cfg), label: sr.network(label, seed)}
         df = linear_probe_many(nets, images, labels, sigmas=opts["sigmas"],
                                classifier=opts["classifier"],
                                test_fraction=opts["test_fraction"], seed=seed)

@@ -33,7 +33,8 @@ from .workspace import StudyRuns, Workspace, finished, run_job, run_line, teache
 def pending(ws: Workspace, studies: list[Study]
             ) -> tuple[list[str], dict[Path, tuple[str, OneStepConfig]]]:
     """(teacher roles the pending runs need, unfinished run folder -> (label, config)) of the
-    studies whose missing measurements need their runs."""
+    studies whose missing measurements need their runs; a folder several studies share at
+    different budgets is trained once, to the largest."""
     roles, runs = [], {}
     for study in studies:
         todo = missing_measurements(study, study_dir(ws, study))
@@ -47,7 +48,8 @@ def pending(ws: Workspace, studies: list[Study]
             roles.append(OTHER)
         for label, _, cfg in StudyRuns(ws, study).items():
             out = ws.run_dir(cfg)
-            if out not in runs and not finished(out, cfg.images):
+            if not finished(out, cfg.images) and (out not in runs
+                                                  or cfg.images > runs[out][1].images):
                 runs[out] = (label, cfg)
     return roles, runs
 

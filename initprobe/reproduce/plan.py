@@ -88,10 +88,12 @@ def run_target(ws: Workspace, studies: list[Study], target: str,
     if target == GATE:
         return
     folder = Path(target).expanduser().resolve()
-    for study in studies:
-        for label, _, cfg in StudyRuns(ws, study).items():
-            if ws.run_dir(cfg).resolve() == folder:
-                ws.train(cfg, label)
-                return
+    matches = [(cfg.images, label, cfg) for study in studies
+               for label, _, cfg in StudyRuns(ws, study).items()
+               if ws.run_dir(cfg).resolve() == folder]
+    if matches:   # a folder studies share at several budgets: trained to the largest
+        _, label, cfg = max(matches, key=lambda m: m[0])
+        ws.train(cfg, label)
+        return
     raise UserError(f"--target {target}: not a run folder of profile {ws.profile.name} under "
                     f"{ws.root}; give teacher:main, gate, or a run folder from the plan")

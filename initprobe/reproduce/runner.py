@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..runio import atomic_write_text
+from ..train.onestep import budget_grid
 from .config import LABELS, Study, digest
 from .figures import copy_samples, draw_study, short
 from .measures import MEASUREMENTS
@@ -54,8 +55,10 @@ def _sample_grids(ws: Workspace, sr: StudyRuns) -> dict[str, Path]:
     grids = {f"{teacher}-{name}": ws.teacher_dir(role) / "samples" / f"{name}.png"
              for name in ("heun", "one-step")}
     seed, budget = sr.study.seeds[0], short(sr.study.images)
-    grids.update({f"{cond}{label}-{budget}": sr.dir(label, seed) / "samples" / "final.png"
-                  for label in sr.configs})
+    for label, by_seed in sr.configs.items():
+        cfg = by_seed[seed]   # a run extended past the study's budget kept its grid there
+        name = budget_grid(cfg.images) if cfg.images in cfg.eval_at else "final.png"
+        grids[f"{cond}{label}-{budget}"] = sr.dir(label, seed) / "samples" / name
     return grids
 
 

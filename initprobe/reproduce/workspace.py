@@ -8,7 +8,9 @@ Layout under the root (`--out`/<profile>):
     runs/<objective>-<init>-<hash>/seed<N>/   one-step students, train_onestep runs
     studies/<study>-<hash>/            a study's measurement CSVs (see `runner`)
 A folder's hash covers its complete resolved config, so runs with the same options are shared
-between studies and trained once, and a changed option never reuses a stale run. Training goes
+between studies and trained once, and a changed option never reuses a stale run; the budget is
+left out when it is one of `eval_at`, so studies that differ only in budget share one run,
+trained to the largest, and each reads the checkpoint and evaluation at its own. Training goes
 through the library (`train_teacher`, `train_onestep`); a run whose newest checkpoint has seen
 its budget is not touched again, an interrupted one resumes.
 """
@@ -26,7 +28,7 @@ from ..errors import UserError
 from ..measure.analyses.quality import FeatureSummary, summarize_data
 from ..measure.features.extractors import Extractor, classifier_extractor
 from ..nets.io import latest_checkpoint, load_network, read_meta
-from ..train.loop import pick_device, to_plain
+from ..train.loop import checkpoint_stem, pick_device, to_plain
 from ..train.onestep import OneStepConfig, build_generator, resolve_config, train_onestep
 from ..train.speed import Speed
 from ..train.teacher import TeacherConfig, train_teacher
@@ -156,7 +158,10 @@ class Workspace:
              "seed": seed, **p.student, **options}))
 
     def run_dir(self, cfg: OneStepConfig) -> Path:
-        key = {k: v for k, v in to_plain(cfg.to_flat()).items() if k != "seed"}
+        """A run's folder; runs that differ only in a budget of `eval_at` share it (a run
+        trained to the larger budget keeps the checkpoint of each, `budget_steps`)."""
+        shared = ("seed", "images") if cfg.images in cfg.eval_at else ("seed",)
+        key = {k: v for k, v in to_plain(cfg.to_flat()).items() if k not in shared}
         name = f"{cfg.objective}-{cfg.init_spec.init}-{digest(key)}"
         return self.root / "runs" / name / f"seed{cfg.seed}"
 
@@ -222,6 +227,20 @@ class StudyRuns:
 
     def dir(self, label: str, seed: int) -> Path:
         return self.ws.run_dir(self.configs[label][seed])
+
+    def checkpoint(self, label: str, seed: int) -> Path:
+        """The run's checkpoint at the study's budget (its folder may hold a longer run)."""
+        cfg = self.configs[label][seed]
+        stem = checkpoint_stem(self.dir(label, seed), -(-cfg.images // cfg.batch))
+        if not stem.with_suffix(".json").exists():
+            raise UserError(f"{stem.parent.parent}: no checkpoint at {cfg.images} images; "
+                            f"retrain it (delete the folder) or set the study's budget to one "
+                            f"of the profile's student.eval_at")
+        return stem
+
+    def network(self, label: str, seed: int):
+        """The run's generator at the study's budget, on the device, in eval mode."""
+        return self.ws.network(self.checkpoint(label, seed))
 
     def train_all(self) -> None:
         """Train the teachers the runs need, then every run (finished runs are skipped)."""

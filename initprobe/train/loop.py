@@ -158,6 +158,11 @@ def read_state(stem: Path, keys: tuple[str, ...] = (), fix: str = RESUME_FIX) ->
     return state
 
 
+def checkpoint_stem(run_dir: Path, step: int) -> Path:
+    """The path, without suffix, of run `run_dir`'s checkpoint at `step`."""
+    return Path(run_dir) / "checkpoints" / f"ckpt-{step:07d}"
+
+
 class RunDir:
     """A run directory: one writer at a time (`lock`: the main process), fixes the config on
     first use and refuses a rerun with a different one; use it as a context manager, which
@@ -231,16 +236,19 @@ class RunDir:
     def latest(self) -> Path | None:
         return latest_checkpoint(self.path) if (self.path / "checkpoints").exists() else None
 
-    def save(self, step: int, net, ema, state: dict, **meta) -> Path:
-        """Write checkpoint `step` (weights, then loop state), then prune old ones; a diverged
-        UserError instead if the weights are not finite, so every checkpoint is."""
+    def save(self, step: int, net, ema, state: dict, keep=(), **meta) -> Path:
+        """Write checkpoint `step` (weights, then loop state), then prune old ones but those of
+        the steps in `keep`; a diverged UserError instead if the weights are not finite, so
+        every checkpoint is."""
         if not _finite(net, ema):
             raise diverged(step, "the weights are not finite", self)
-        stem = self.path / "checkpoints" / f"ckpt-{step:07d}"
+        stem = checkpoint_stem(self.path, step)
         atomic_save(stem.with_suffix(".state.pt"), lambda tmp: torch.save(state, tmp))
         save_checkpoint(stem, net, ema, step=step, **meta)
         stems = sorted(p.with_suffix("") for p in (self.path / "checkpoints").glob("*.json"))
         for old in stems[:-KEEP_CHECKPOINTS]:
+            if int(old.name.split("-")[-1]) in keep:
+                continue
             for suffix in (".json", ".safetensors", ".state.pt"):
                 old.with_suffix(suffix).unlink(missing_ok=True)
         return stem

@@ -104,6 +104,18 @@ def build_generator(cfg: OneStepConfig, teacher: Denoiser | DiffusersDenoiser) -
     return gen.train(), records
 
 
+def budget_steps(cfg: OneStepConfig) -> dict[int, int]:
+    """Step -> budget of each `eval_at` budget: the first step at or past it. Its checkpoint is
+    kept (never pruned) and its sample grid saved, so a run extended to a larger budget still
+    answers for the smaller ones (`checkpoint_at`)."""
+    return {-(-b // cfg.batch): b for b in sorted(cfg.eval_at, reverse=True)}
+
+
+def budget_grid(images: int) -> str:
+    """The sample grid saved at budget `images`."""
+    return f"images-{images}.png"
+
+
 def _ema_halflife(cfg: OneStepConfig, images_seen: int) -> float:
     return EMA_RAMPUP * images_seen if cfg.ema_halflife is None else cfg.ema_halflife
 
@@ -199,6 +211,7 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
             grid("init.png")
     model = torch.nn.parallel.DistributedDataParallel(gen) if ddp.on else gen
     total = -(-cfg.images // cfg.batch)
+    budgets = budget_steps(cfg)
     meta = dict(kind="student", objective=cfg.objective, init=records, data=cfg.data,
                 seed=cfg.seed, **cfg.gen_map.to_meta())
 
@@ -254,9 +267,12 @@ def _train(cfg: OneStepConfig, run: RunDir, ddp: Dist, dev: torch.device, teache
                 append_jsonl(run.metrics, record)
         if evaluate and evaluates(cfg, step, total):
             record = log_eval(step)
-        if ddp.main and (step % cfg.ckpt_every == 0 or step == total):
+        budget = budgets.get(step)
+        if ddp.main and budget is not None:
+            grid(budget_grid(budget))
+        if ddp.main and (step % cfg.ckpt_every == 0 or step == total or budget is not None):
             run.save(step, gen, ema, _state(step, gen, ema, opt, objective),
-                     images_seen=step * cfg.batch, **meta)
+                     keep=budgets, images_seen=step * cfg.batch, **meta)
         ddp.barrier()
     bar.close()
     if ddp.main:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from initprobe.reproduce.config import load_profile, load_studies
-from initprobe.reproduce.parallel import train_ahead
+from initprobe.reproduce.parallel import work_ahead
 from initprobe.reproduce.workspace import StudyRuns, Workspace
 
 PROFILE = """
@@ -70,7 +70,7 @@ def main():
             StudyRuns(serial, s).train_all()
         t_serial = time.perf_counter() - t0
         t0 = time.perf_counter()
-        train_ahead(ahead, studies, args.jobs, log=lambda s: None)
+        work_ahead(ahead, studies, args.jobs, log=lambda s: None)
         t_jobs = time.perf_counter() - t0
     print(f"{args.runs} runs of {args.images} images ({args.preset}, {args.size}x{args.size}, "
           f"{args.threads} threads per process): "

@@ -3,6 +3,7 @@ run end to end through `initprobe reproduce`."""
 
 import json
 import math
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -20,7 +21,7 @@ from initprobe.errors import UserError
 from initprobe.nets.io import load_network
 from initprobe.reproduce import measures
 from initprobe.reproduce.config import load_profile, load_studies, load_study
-from initprobe.reproduce.parallel import measure_ahead, pending, train_ahead
+from initprobe.reproduce.parallel import pending, work_ahead
 from initprobe.reproduce.rules import FAILS, HOLDS, INCONCLUSIVE, Measured, combine, evaluate
 from initprobe.reproduce.runner import measure, missing_measurements, run_study, study_dir
 from initprobe.reproduce.workspace import StudyRuns, Workspace
@@ -322,9 +323,10 @@ def test_runs_trained_ahead_in_worker_processes_equal_the_serial_ones(tmp_path):
         StudyRuns(serial, study).train_all()
     ahead, lines = Workspace(prof, tmp_path / "ahead", "cpu", log=lambda s: None), []
     assert len(pending(ahead, studies)[1]) == 4
-    train_ahead(ahead, studies, jobs=2, log=lines.append)
-    assert pending(ahead, studies) == (["main"], {})  # nothing left to train
+    assert work_ahead(ahead, studies, jobs=2, log=lines.append) == {s.stem for s in studies}
+    assert pending(ahead, studies) == ([], {})  # nothing left to train or measure
     assert any(line.startswith("  [4/4] ") for line in lines), lines
+    assert sum("measured" in line for line in lines) >= len(studies)
     pairs = [(serial.teacher_dir(), ahead.teacher_dir())]
     for study in studies:  # run folders differ by their teacher's path, so pair them by config
         theirs, ours = StudyRuns(serial, study), StudyRuns(ahead, study)
@@ -336,11 +338,9 @@ def test_runs_trained_ahead_in_worker_processes_equal_the_serial_ones(tmp_path):
         for name, value in load_network(serial_dir).state_dict().items():
             assert torch.equal(mine[name], value), name  # same thread count: bit for bit
     lines.clear()
-    train_ahead(ahead, studies, jobs=2, log=lines.append)
+    assert work_ahead(ahead, studies, jobs=2, log=lines.append) == set()
     assert lines == []  # everything finished: no pool is started
-    # measurements: studies side by side in workers equal the serial ones, table for table
-    assert measure_ahead(ahead, studies, jobs=2, log=lines.append) == {s.stem for s in studies}
-    assert sum("measured" in line for line in lines) >= len(studies)
+    # measurements in workers equal the serial ones, table for table
     for study in studies:
         folder = study_dir(serial, study)
         folder.mkdir(parents=True)
@@ -371,7 +371,7 @@ def test_studies_sharing_a_run_at_two_budgets_train_it_once_and_read_their_budge
     assert StudyRuns(ws, short).dir("random-init", 0) == StudyRuns(ws, longer).dir("random-init", 0)
     runs = pending(ws, [short, longer])[1]
     assert len(runs) == 4 and {cfg.images for _, cfg in runs.values()} == {48}
-    train_ahead(ws, [short, longer], jobs=1, log=lambda s: None)
+    work_ahead(ws, [short, longer], jobs=1, log=lambda s: None)
     sr = StudyRuns(ws, short)
     assert sr.checkpoint("random-init", 0).name == "ckpt-0000002"   # 32 images at batch 16
     table = measures.quality(sr, {})
@@ -381,6 +381,25 @@ def test_studies_sharing_a_run_at_two_budgets_train_it_once_and_read_their_budge
     final = table["quality"].query("group == 'random-init' and seed == 0 and "
                                    "metric == 'fd_classifier'")["value"]
     assert final.tolist() == [evals[32]] and 48 in evals
+
+
+def test_work_ahead_runs_the_longest_budget_first_and_measures_a_study_once_its_runs_end(
+        tmp_path):
+    one_seed = STUDY.replace("seeds = [0, 1]", "seeds = [0]").replace(
+        "[measure.cka]\nsigmas = [0.5]\n", "")
+    folder = write_experiments(tmp_path / "exp", one_seed)
+    longer = one_seed.replace('"C1"', '"C2"').replace("images = 32", "images = 64")
+    (folder / "c2_mini.toml").write_text(   # other runs: another R1 weight
+        longer.replace('objective = "gan"', 'objective = "gan"\nr1_gamma = 0.01'))
+    prof = load_profile(folder, "mini")
+    studies = load_studies(folder, prof)
+    lines = []
+    work_ahead(Workspace(prof, tmp_path / "out", "cpu", log=lambda s: None), studies, jobs=1,
+               log=lines.append)
+    events = [m[1] or m[2] for ln in lines
+              if (m := re.search(r"(C\d): measured|(\d+) images in", ln))]
+    # the 64-image runs of C2 first, C2 measured before C1's 32-image runs start
+    assert events == ["64", "64", "C2", "32", "32", "C1"], lines
 
 
 # ---- verdicts per budget -----------------------------------------------------------------

@@ -119,7 +119,7 @@ def reproduce_cmd(
 
     from ..reproduce.findings import write_findings
     from ..reproduce.gate import enforce, measure_gate
-    from ..reproduce.parallel import measure_ahead, train_ahead
+    from ..reproduce.parallel import work_ahead
     from ..reproduce.plan import plan_stages, write_plan
     from ..reproduce.runner import cached_result, run_study
     from ..train.speed import Speed
@@ -149,8 +149,7 @@ def reproduce_cmd(
         enforce(gates[-1], profile)
 
     if jobs > 1:
-        train_ahead(ws, chosen, jobs, typer.echo, between=gate)
-        fresh = measure_ahead(ws, chosen, jobs, typer.echo)
+        fresh = work_ahead(ws, chosen, jobs, typer.echo, between=gate)
     else:
         ws.ensure_teacher()
         gate()

@@ -1,24 +1,22 @@
 """Training a reproduction's teachers and runs, and measuring its studies, ahead: `--jobs`
-worker processes at a time.
+worker processes at a time (`work_ahead`).
 
 Without it the study loop trains what each study needs, one run after the other, in the main
-process, and measures one study after the other. `train_ahead` first trains the unfinished
-teachers side by side, then every unfinished run of the studies that still miss a measurement,
-each in a worker process with the main process's thread count; `measure_ahead` then computes
-each study's missing measurements in a worker (studies side by side), so the study loop finds
-its runs finished and its tables cached and only judges and draws. A measurement is the same
-seeded computation in any process (bit for bit on the CPU: same thread count). On CUDA
-(device `auto` or `cuda`), worker k sees only GPU k mod torch.cuda.device_count() (its
-CUDA_VISIBLE_DEVICES), so `--jobs` equal to the GPU count trains one run per GPU; the CPU path
-is unchanged.
-A run is the same seeded computation whichever process trains it (bit for bit on the CPU:
-same thread count), and an interrupted one resumes as usual.
+process, and measures one study after the other. `work_ahead` schedules every unfinished
+teacher, every unfinished run of the studies that still miss a measurement and each such
+study's measurements as tasks in worker processes with the main process's thread count, each
+task starting once what it needs is done; the study loop then finds its runs finished and its
+tables cached and only judges and draws. A run and a measurement are the same seeded
+computation in any process (bit for bit on the CPU: same thread count), and an interrupted run
+resumes as usual. On CUDA (device `auto` or `cuda`), worker k sees only GPU k mod
+torch.cuda.device_count() (its CUDA_VISIBLE_DEVICES), so `--jobs` equal to the GPU count trains
+one run per GPU; the CPU path is unchanged.
 """
 
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -79,53 +77,105 @@ def _pool(ws: Workspace, jobs: int, log: Callable[[str], None]) -> ProcessPoolEx
                                initargs=(torch.get_num_threads(), gpus))
 
 
-def train_ahead(ws: Workspace, studies: list[Study], jobs: int,
-                log: Callable[[str], None] = print,
-                between: Callable[[], None] = lambda: None) -> None:
-    """Train the studies' pending teachers, call `between` (the teacher's gate), then train
-    their pending runs, `jobs` at a time."""
+def _needs(ws: Workspace, studies: list[Study], runs: dict) -> dict[str, tuple[set, set]]:
+    """Study stem -> (teacher roles, pending run folders) its missing measurements wait for, for
+    the studies with a missing measurement."""
+    out = {}
+    for study in studies:
+        todo = missing_measurements(study, study_dir(ws, study))
+        if not todo:
+            continue
+        roles = {"main", *([LABELS] if study.labels else []),
+                 *([OTHER] if any(r.get("transfer_from") == OTHER
+                                  for r in study.runs.values()) else [])}
+        uses_runs = study.runs and any(MEASUREMENTS[m].needs_runs for m in todo)
+        folders = {ws.run_dir(cfg) for _, _, cfg in StudyRuns(ws, study).items()} \
+            if uses_runs else set()
+        out[study.stem] = (roles, folders & set(runs))
+    return out
+
+
+def work_ahead(ws: Workspace, studies: list[Study], jobs: int,
+               log: Callable[[str], None] = print,
+               between: Callable[[], None] = lambda: None) -> set[str]:
+    """Train the studies' pending teachers and runs and compute their missing measurements,
+    `jobs` worker processes at a time; `between` (the teacher's gate) runs once the main
+    teacher is trained, before any run or measurement starts. A task starts as soon as what it
+    needs is done: a run its teachers, a study's measurements its runs, so measurements overlap
+    the training of other studies; among ready tasks, measurements go first, then teachers (the
+    main one first), then runs, the longest budget first. Returns the stems of the studies
+    measured."""
     roles, runs = pending(ws, studies)
     teachers = [r for r in roles if ws.teacher_pending(r)]
-    if not teachers and not runs:
+    needs = _needs(ws, studies, runs)
+    by_stem = {s.stem: s for s in studies}
+    run_roles: dict[Path, set] = {out: set() for out in runs}
+    for roles_, folders in needs.values():
+        for out in folders:
+            run_roles[out] |= roles_
+    if not teachers:
         between()
-        return
-    log(f"training ahead: {len(teachers)} teachers, then {len(runs)} runs, {jobs} processes "
-        f"of {torch.get_num_threads()} threads")
-    device = str(ws.device)
+    if not teachers and not needs:
+        return set()
+    log(f"working ahead: {len(teachers)} teachers, {len(runs)} runs, {len(needs)} studies to "
+        f"measure; {jobs} processes of {torch.get_num_threads()} threads")
+    device, done, measured = str(ws.device), set(), set()
+    waiting = ([("teacher", r) for r in teachers]
+               + sorted((("run", out) for out in runs), key=lambda t: -runs[t[1]][1].images)
+               + [("measure", stem) for stem in needs])
+
+    def ready(task) -> bool:
+        kind, key = task
+        if kind == "teacher":
+            return True
+        if "main" in teachers and ("teacher", "main") not in done:
+            return False    # the gate comes first
+        if kind == "run":
+            return all(("teacher", r) in done or r not in teachers for r in run_roles[key])
+        roles_, folders = needs[key]
+        return (all(("teacher", r) in done or r not in teachers for r in roles_)
+                and all(("run", out) in done for out in folders))
+
+    def submit(pool, task):
+        kind, key = task
+        if kind == "teacher":
+            return pool.submit(teacher_job, ws.teacher_config(key), ws.teacher_dir(key), device)
+        if kind == "run":
+            return pool.submit(run_job, runs[key][1], key, device, ws.speed)
+        return pool.submit(measure_job, ws.profile, ws.root, device, by_stem[key])
+
     with _pool(ws, jobs, log) as pool:
-        started = {pool.submit(teacher_job, ws.teacher_config(r), ws.teacher_dir(r), device): r
-                   for r in teachers}
-        for future in as_completed(started):
-            log(f"  {started[future]} teacher done in {future.result():.0f} s")
-        between()
-        started = {pool.submit(run_job, cfg, out, device, ws.speed): (label, cfg)
-                   for out, (label, cfg) in runs.items()}
-        for k, future in enumerate(as_completed(started), 1):
-            log(f"  [{k}/{len(runs)}] " + run_line(*started[future], *future.result()))
+        running: dict = {}
+        trained = 0
+        while waiting or running:
+            order = sorted((t for t in waiting if ready(t)), key=lambda t: t[0] != "measure")
+            for task in order[:jobs - len(running)]:
+                waiting.remove(task)
+                running[submit(pool, task)] = task
+            finished_, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished_:
+                kind, key = task = running.pop(future)
+                result = future.result()
+                done.add(task)
+                if kind == "teacher":
+                    log(f"  {key} teacher done in {result:.0f} s")
+                    if key == "main":
+                        between()
+                elif kind == "run":
+                    trained += 1
+                    log(f"  [{trained}/{len(runs)}] " + run_line(*runs[key], *result))
+                else:
+                    measured.add(key)
+                    for line in result:
+                        log(line)
+    return measured
 
 
 def measure_job(profile: Profile, root: Path, device: str, study: Study) -> list[str]:
-    """A worker's part of `measure_ahead`: one study's missing measurements; its log lines."""
+    """A worker's measurement task: one study's missing measurements; its log lines."""
     lines: list[str] = []
     ws = Workspace(profile, root, device, lines.append)
     folder = study_dir(ws, study)
     folder.mkdir(parents=True, exist_ok=True)
     measure(StudyRuns(ws, study), folder, missing_measurements(study, folder), lines.append)
     return lines
-
-
-def measure_ahead(ws: Workspace, studies: list[Study], jobs: int,
-                  log: Callable[[str], None] = print) -> set[str]:
-    """Compute the missing measurements of `studies` (their runs trained), `jobs` studies at a
-    time in worker processes; returns the stems of the studies measured."""
-    todo = [s for s in studies if missing_measurements(s, study_dir(ws, s))]
-    if not todo:
-        return set()
-    log(f"measuring ahead: {len(todo)} studies, {jobs} processes")
-    with _pool(ws, jobs, log) as pool:
-        started = [pool.submit(measure_job, ws.profile, ws.root, str(ws.device), s)
-                   for s in todo]
-        for future in as_completed(started):
-            for line in future.result():
-                log(line)
-    return {s.stem for s in todo}

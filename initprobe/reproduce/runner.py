@@ -76,7 +76,7 @@ def measure(sr: StudyRuns, folder: Path, todo: list[str],
 def run_study(ws: Workspace, study: Study, figures: Path,
               log: Callable[[str], None] = print, fresh: bool = False) -> StudyResult:
     """Bring one study up to date (module docstring) and return its tables; `fresh`: its
-    tables were just measured ahead (`parallel.measure_ahead`), so every figure is redrawn."""
+    tables were just measured ahead (`parallel.work_ahead`), so every figure is redrawn."""
     t0 = time.perf_counter()
     folder = study_dir(ws, study)
     todo = missing_measurements(study, folder)

@@ -25,9 +25,12 @@ def frame(records: list[dict], **constants) -> pd.DataFrame:
 
     Extra keys are kept as additional columns after the shared ones.
     """
-    df = pd.DataFrame.from_records([{**constants, **r} for r in records])
-    for col in COLUMNS:
-        if col not in df.columns:
-            df[col] = pd.NA
+    return conform(pd.DataFrame.from_records([{**constants, **r} for r in records]))
+
+
+def conform(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` in the shared schema: missing shared columns added empty, the shared columns first
+    and its other columns after them in their order."""
+    df = df.assign(**{col: pd.NA for col in COLUMNS if col not in df.columns})
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[COLUMNS + extra]

@@ -26,6 +26,7 @@ from initprobe.reproduce.rules import FAILS, HOLDS, INCONCLUSIVE, Measured, comb
 from initprobe.reproduce.runner import measure, missing_measurements, run_study, study_dir
 from initprobe.reproduce.workspace import StudyRuns, Workspace
 from initprobe.runio import read_jsonl
+from initprobe.schema import COLUMNS
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -112,9 +113,9 @@ def measured(groups: dict) -> Measured:
     rows = []
     for key, values in groups.items():
         group, x = key if isinstance(key, tuple) else (key, math.nan)
-        rows += [{"group": group, "seed": i, "x": x, "metric": "m", "value": v}
-                 for i, v in enumerate(values)]
-    return Measured(pd.DataFrame(rows))
+        for i, v in enumerate(values):
+            rows += measures.rows(group, i, {"m": v}, x=x)
+    return Measured(measures.table(rows))
 
 
 AB = {"type": "less_than", "metric": "m", "a": "a", "b": "b"}
@@ -159,9 +160,9 @@ def test_rules_on_synthetic_numbers(rule, groups, verdict):
 
 def seeded(groups: dict, seeds=None) -> Measured:
     """{group: values} on seeds 0.. (or `seeds`) over metric m."""
-    return Measured(pd.DataFrame([{"group": g, "seed": (seeds or range(len(v)))[i],
-                                   "x": math.nan, "metric": "m", "value": x}
-                                  for g, v in groups.items() for i, x in enumerate(v)]))
+    return Measured(measures.table([r for g, v in groups.items() for i, x in enumerate(v)
+                                    for r in measures.rows(g, (seeds or range(len(v)))[i],
+                                                           {"m": x})]))
 
 
 def test_identical_groups_never_hold_and_a_large_shift_holds():
@@ -200,23 +201,21 @@ def test_a_verdict_needs_both_significance_and_the_minimum_effect():
 
 
 def test_correlation_rule():
-    rows = [{"group": g, "seed": 0, "x": math.nan, "metric": m, "value": v}
-            for g, cka, fd in [("a", 0.9, 10), ("b", 0.5, 50), ("c", 0.2, 90), ("d", 0.7, 30)]
-            for m, v in (("cka", cka), ("fd", fd))]
+    rows = [r for g, cka, fd in [("a", 0.9, 10), ("b", 0.5, 50), ("c", 0.2, 90), ("d", 0.7, 30)]
+            for r in measures.rows(g, 0, {"cka": cka, "fd": fd})]
     rule = {"type": "correlation", "groups": ["a", "b", "c", "d"], "x_metric": "cka",
             "y_metric": "fd", "sign": "negative"}
-    table = Measured(pd.DataFrame(rows))
+    table = Measured(measures.table(rows))
     assert evaluate(rule, table).verdict == HOLDS
     assert evaluate({**rule, "sign": "positive"}, table).verdict == FAILS
 
 
 def test_a_correlation_at_exactly_the_threshold_holds():
-    rows = [{"group": g, "seed": 0, "x": math.nan, "metric": m, "value": v}
-            for g, x, y in zip("abcde", [1, 2, 3, 4, 5], [3, 4, 5, 1, 2])
-            for m, v in (("p", x), ("fd", y))]          # Spearman -0.5 (float: -0.4999...)
+    rows = [r for g, x, y in zip("abcde", [1, 2, 3, 4, 5], [3, 4, 5, 1, 2])
+            for r in measures.rows(g, 0, {"p": x, "fd": y})]   # Spearman -0.5 (-0.4999...)
     rule = {"type": "correlation", "groups": list("abcde"), "x_metric": "p", "y_metric": "fd",
             "sign": "negative", "min_abs": 0.5}
-    assert evaluate(rule, Measured(pd.DataFrame(rows))).verdict == HOLDS
+    assert evaluate(rule, Measured(measures.table(rows))).verdict == HOLDS
 
 
 def test_a_claim_holds_only_if_every_rule_holds():
@@ -246,8 +245,8 @@ def test_a_study_whose_tables_exist_is_skipped_and_missing_ones_are_computed(tmp
         monkeypatch.setitem(measures.MEASUREMENTS, name, fake(name))
     folder_ = study_dir(ws, study)
     folder_.mkdir(parents=True)
-    (folder_ / "quality.csv").write_text("group,seed,x,metric,value\nteacher-init,0,,"
-                                         "fd_classifier,3.0\n")
+    cached = measures.table(measures.rows("teacher-init", 0, {"fd_classifier": 3.0}))
+    (folder_ / "quality.csv").write_text(cached.to_csv(index=False))
     monkeypatch.setattr("initprobe.reproduce.runner.draw_study", lambda *a, **k: [])
     monkeypatch.setattr("initprobe.reproduce.runner.copy_samples", lambda *a, **k: None)
     first = run_study(ws, study, tmp_path / "fig", log=lambda s: None)
@@ -286,6 +285,8 @@ def test_reproduce_runs_a_miniature_study_end_to_end_and_resumes(tmp_path):
     md = (fig / "findings.md").read_text()
     assert "| C1 |" in md and "Teacher gate: passed" in md and "real held-out" in md
     assert "--only C1" in (fig / "README.md").read_text()
+    for table in (tmp_path / "out" / "mini" / "studies").glob("*/*.csv"):
+        assert list(pd.read_csv(table).columns[:len(COLUMNS)]) == COLUMNS, table.name
     runs = list((tmp_path / "out" / "mini" / "runs").glob("*/seed*"))
     assert len(runs) == 4
     again = CliRunner().invoke(app, args)
@@ -378,7 +379,7 @@ def test_studies_sharing_a_run_at_two_budgets_train_it_once_and_read_their_budge
     assert set(table["curves"]["x"]) == {0, 32}  # not the longer run's evaluation at 48
     evals = {r["images_seen"]: r["fd_classifier"] for r in read_jsonl(
         sr.dir("random-init", 0) / "metrics.jsonl") if r["kind"] == "eval"}
-    final = table["quality"].query("group == 'random-init' and seed == 0 and "
+    final = table["quality"].query("run == 'random-init' and seed == 0 and "
                                    "metric == 'fd_classifier'")["value"]
     assert final.tolist() == [evals[32]] and 48 in evals
 
@@ -461,7 +462,7 @@ def test_a_conditional_study_trains_a_labelled_teacher_and_judges_label_accuracy
     result = run_study(ws, study, tmp_path / "fig", log=lambda s: None)
     q = result.tables["quality"]
     acc = q[q["metric"] == "label_accuracy"]
-    assert set(acc["group"]) == {"teacher-init", "random-init"} and len(acc) == 4
+    assert set(acc["run"]) == {"teacher-init", "random-init"} and len(acc) == 4
     assert acc["value"].between(0, 1).all()
     teacher_cfg = json.loads((ws.teacher_dir("labels") / "config.json").read_text())
     assert teacher_cfg["labels"] is True and teacher_cfg["unet"]["label_dim"] == 10

@@ -7,6 +7,8 @@ from mini_profile import MINI_PROFILE
 from typer.testing import CliRunner
 
 from initprobe.cli import app, register_commands
+from initprobe.reproduce.measures import LAYOUT
+from initprobe.schema import COLUMNS
 
 STUDY = """
 claim = "C11"
@@ -60,12 +62,17 @@ def test_a_miniature_linear_probe_study_runs_end_to_end(tmp_path: Path):
     assert res.exit_code == 0, res.output
     study = next((tmp_path / "out" / "mini" / "studies").glob("c11_mini-*"))
     main = pd.read_csv(study / "linear_probe.csv")
-    assert set(main["group"]) == {"teacher-init", "random-init", "new-io"}
+    assert set(main["run"]) == {"teacher-init", "random-init", "new-io"}
     assert set(main["metric"]) == {"probe_acc_init", "probe_acc_after", "probe_acc_kept"}
     assert len(main) == 3 * 3 and main["value"].gt(0).all()
-    wide = main.pivot_table(index=["group", "seed"], columns="metric", values="value")
+    wide = main.pivot_table(index=["run", "seed"], columns="metric", values="value")
     assert (wide["probe_acc_kept"] - wide["probe_acc_after"] / wide["probe_acc_init"]).abs().max() \
         < 1e-9
+    for table in study.glob("*.csv"):   # every table in the shared schema, main ones + x
+        columns = list(pd.read_csv(table).columns)
+        assert columns[:len(COLUMNS)] == COLUMNS, table.name
+        if table.stem in ("quality", "curves", "linear_probe"):
+            assert columns == LAYOUT, table.name
     layers = pd.read_csv(study / "linear-probe-layers.csv")
     assert set(layers["run"]) == {"teacher-init", "teacher-init@init", "random-init",
                                   "random-init@init", "new-io", "new-io@init"}

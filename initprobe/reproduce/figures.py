@@ -29,14 +29,14 @@ def _metric(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _group_order(df: pd.DataFrame) -> list[str]:
-    return list(pd.unique(df["group"]))
+    return list(pd.unique(df["run"]))
 
 
 def _strip(ax, df: pd.DataFrame, order: list[str], log: bool = False) -> None:
     """Mean bar with the per-seed values as points, one column per group."""
     import seaborn as sns
-    sns.barplot(df, x="group", y="value", order=order, errorbar=None, color="#bcd", ax=ax)
-    sns.stripplot(df, x="group", y="value", order=order, color="k", size=4, ax=ax)
+    sns.barplot(df, x="run", y="value", order=order, errorbar=None, color="#bcd", ax=ax)
+    sns.stripplot(df, x="run", y="value", order=order, color="k", size=4, ax=ax)
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("")
@@ -57,7 +57,7 @@ def quality_figure(tables: dict, path: Path, first_seed: int) -> Path:
     for ax, metric, label in ((ax_c, "fd_classifier", "fd_classifier (lower is better)"),
                               (ax_v, "coverage", "coverage (higher is better)")):
         c = curves[curves["metric"] == metric]
-        sns.lineplot(c, x="x", y="value", hue="group", hue_order=order, errorbar="sd",
+        sns.lineplot(c, x="x", y="value", hue="run", hue_order=order, errorbar="sd",
                      marker="o", ax=ax, legend=ax is ax_c)
         ax.set_xscale("log")
         ax.set_xlabel("images seen")
@@ -68,11 +68,11 @@ def quality_figure(tables: dict, path: Path, first_seed: int) -> Path:
     ax_f.set_ylabel("final fd_classifier")
     if "baseline" in tables:
         base = _metric(tables["baseline"], "fd_classifier")
-        for (group, v), style in zip(base.groupby("group")["value"].mean().items(), ("--", ":")):
+        for (group, v), style in zip(base.groupby("run")["value"].mean().items(), ("--", ":")):
             ax_f.axhline(v, color="firebrick", linestyle=style, label=group)
         ax_f.legend(fontsize=7)
     pr = final[final["metric"].isin(["precision", "recall", "coverage"])]
-    sns.barplot(pr, x="group", y="value", hue="metric", order=order, errorbar="sd", ax=ax_p)
+    sns.barplot(pr, x="run", y="value", hue="metric", order=order, errorbar="sd", ax=ax_p)
     ax_p.set_ylim(0, 1.05)
     ax_p.set_xlabel("")
     ax_p.tick_params(axis="x", labelrotation=40, labelsize=7)
@@ -91,8 +91,8 @@ def memory_figure(tables: dict, path: Path, first_seed: int) -> Path:
 
 def _fd_against(ax, tables: dict, x: pd.DataFrame, order: list[str], xlabel: str) -> None:
     """Final fd_classifier against a per-group metric `x` (group means, sd bars)."""
-    fd = _metric(tables["quality"], "fd_classifier").groupby("group")["value"]
-    xs = x.groupby("group")["value"]
+    fd = _metric(tables["quality"], "fd_classifier").groupby("run")["value"]
+    xs = x.groupby("run")["value"]
     colors = colormaps["tab10"](np.arange(len(order)) % 10)
     for color, g in zip(colors, order):
         ax.errorbar(xs.mean()[g], fd.mean()[g], xerr=xs.std()[g], yerr=fd.std()[g], fmt="o",
@@ -109,7 +109,7 @@ def cka_figure(tables: dict, path: Path, first_seed: int) -> Path:
     d = tables["cka"]
     order = _group_order(d)
     fig, (ax_b, ax_s) = _panels(2, width=5.5)
-    sns.barplot(d, x="group", y="value", hue="metric", order=order, errorbar="sd", ax=ax_b)
+    sns.barplot(d, x="run", y="value", hue="metric", order=order, errorbar="sd", ax=ax_b)
     ax_b.set_ylim(0, 1.05)
     ax_b.set_ylabel("matched-layer CKA to the teacher")
     ax_b.set_xlabel("")
@@ -182,7 +182,7 @@ def best_of_k_figure(tables: dict, path: Path, first_seed: int) -> Path:
     d = tables["best_of_k"]
     fig, axes = _panels(2)
     for ax, metric in zip(axes, ("fd_classifier", "coverage")):
-        sns.lineplot(d[d["metric"] == metric], x="x", y="value", hue="group", errorbar="sd",
+        sns.lineplot(d[d["metric"] == metric], x="x", y="value", hue="run", errorbar="sd",
                      marker="o", ax=ax)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("K (candidates per output / pool factor)")
@@ -209,7 +209,8 @@ def linear_probe_figure(tables: dict, path: Path, first_seed: int) -> Path:
     fig, (ax_i, ax_a, ax_s) = _panels(3, width=5.0)
     for ax, at_init, name in ((ax_i, True, "at init"), (ax_a, False, "after training")):
         d = curves[curves["run"].str.endswith("@init") == at_init]
-        sns.lineplot(d, x="sigma", y="value", hue="group", hue_order=order, errorbar="sd",
+        d = d.assign(run=d["run"].str.removesuffix("@init"))   # the study's run label
+        sns.lineplot(d, x="sigma", y="value", hue="run", hue_order=order, errorbar="sd",
                      marker="o", ax=ax, legend=at_init)
         ax.axhline(chance_level(detail), color="gray", linestyle="--")
         ax.set_xscale("log")

@@ -62,7 +62,7 @@ def at_budget(result: StudyResult, images: int) -> pd.DataFrame:
     the baselines: what per-budget rules read."""
     curves = result.tables["curves"]
     later = curves[curves["x"] >= images]
-    first = later.groupby(["group", "seed"])["x"].transform("min")
+    first = later.groupby(["run", "seed"])["x"].transform("min")
     rows = later[later["x"] == first].assign(x=math.nan)
     extra = [result.tables["baseline"]] if "baseline" in result.tables else []
     return pd.concat([rows, *extra], ignore_index=True)
@@ -164,7 +164,7 @@ def _report_table(result: StudyResult) -> list[str]:
     d = d[d["metric"].isin(metrics) & d["x"].isna()]
     lines = [f"**{result.study.claim} per group** ({_budget(result)}; mean ± sd over seeds)", "",
              "| group | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for group, g in d.groupby("group", sort=False):
+    for group, g in d.groupby("run", sort=False):
         cells = []
         for m in metrics:
             v = g[g["metric"] == m]["value"]

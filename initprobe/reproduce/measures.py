@@ -1,11 +1,14 @@
 """The measurements a study can ask for (`[measure.<name>]`), each built on the library's own
 analysis functions and returning long-form tables.
 
-Each measurement returns `{name: main table, ...details}`. The main table, under the
-measurement's own name, is what verdict rules read: columns group, seed, x (a sweep position or
-empty), metric, value. Details (other names) keep the full analysis tables for figures.
+Each measurement returns `{name: main table, ...details}`, every table in the shared long-form
+schema (`initprobe.schema`). The main table, under the measurement's own name, is what verdict
+rules read: its rows fill `run` (the group a rule names: a run label, a teacher sampler, a sweep),
+`seed` (empty: none), `metric` and `value`, and an extra column `x` after the shared ones (the
+sweep position, images seen or K; empty: none). Details (other names) keep the full analysis
+tables for figures.
 
-Measurements (main-table groups: metrics):
+Measurements (main-table groups, the `run` column: metrics):
 - `quality` (each run label: the last evaluation of each run: fd_classifier, precision, recall,
   coverage, classes_covered, ...); detail `curves`: every evaluation against images seen;
 - `baseline` (`teacher one-step`, `teacher heun`: the same metrics for the teacher's own
@@ -52,6 +55,7 @@ from ..measure.analyses.relfid import relfid_sweep
 from ..measure.analyses.similarity import cka_diagonal
 from ..measure.metrics.spectrum import band_edges, band_error
 from ..runio import read_jsonl
+from ..schema import COLUMNS, conform, frame
 from ..train.onestep import TRAINING, train_onestep
 from ..train.ratio import run_estimator
 from ..train.verifier import choose_best, importance_resample, ratio_logits
@@ -61,16 +65,17 @@ QUALITY = ("fd_classifier", "kid_classifier", "precision", "recall", "density", 
            "classes_covered", "class_entropy", "class_kl_uniform", "mean_confidence",
            "label_accuracy")   # label_accuracy: class-conditional runs only
 BANDS = ("low", "mid", "high")
-COLUMNS = ["group", "seed", "x", "metric", "value"]
+LAYOUT = [*COLUMNS, "x"]   # a main table's columns (also in a study folder's cache key)
 
 
-def rows(group: str, seed, values: dict, x: float = math.nan) -> list[dict]:
-    return [{"group": group, "seed": seed, "x": x, "metric": k, "value": float(v)}
+def rows(run: str, seed, values: dict, x: float = math.nan) -> list[dict]:
+    return [{"run": run, "seed": seed, "x": x, "metric": k, "value": float(v)}
             for k, v in values.items()]
 
 
 def table(records: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame.from_records(records, columns=COLUMNS)
+    """A main table (or `curves`) from `rows` records; every LAYOUT column even when empty."""
+    return frame(records).reindex(columns=LAYOUT)
 
 
 def _quality_values(record: dict) -> dict:
@@ -111,8 +116,8 @@ def cka(sr, opts) -> dict[str, pd.DataFrame]:
         for stage, net in (("before", ws.init_network(cfg)),
                            ("after", sr.network(label, seed))):
             df = cka_diagonal(ws.teacher_net, net, images, opts["sigmas"], kernel=opts["kernel"],
-                              batch=128, run=f"teacher vs {label}")
-            detail.append(df.assign(group=label, seed=seed, stage=stage))
+                              batch=128, run=label)
+            detail.append(df.assign(seed=seed, stage=stage))
             records += rows(label, seed, {f"cka_{stage}": df["value"].mean()})
     return {"cka": table(records), "cka-layers": pd.concat(detail, ignore_index=True)}
 
@@ -201,7 +206,8 @@ def spectra(sr, opts) -> dict[str, pd.DataFrame]:
             detail.append(pd.DataFrame({"run": group, "seed": seed, "source": "one-step",
                                         "band": list(mismatch), "metric": "band_mismatch",
                                         "value": list(mismatch.values())}))
-    return {"spectra": table(records), "spectra-detail": pd.concat(detail, ignore_index=True)}
+    return {"spectra": table(records),
+            "spectra-detail": conform(pd.concat(detail, ignore_index=True))}
 
 
 def memory(sr, opts) -> dict[str, pd.DataFrame]:
@@ -258,7 +264,7 @@ def linear_probe(sr, opts) -> dict[str, pd.DataFrame]:
         init, after = acc[f"{label}@init"], acc[label]
         records += rows(label, seed, {"probe_acc_init": init, "probe_acc_after": after,
                                       "probe_acc_kept": after / init})
-        detail.append(df.assign(group=label))
+        detail.append(df)
     return {"linear_probe": table(records),
             "linear-probe-layers": pd.concat(detail, ignore_index=True)}
 
@@ -272,7 +278,7 @@ class Measurement:
     compute: Callable   # (StudyRuns, options) -> {name: table}
     options: dict       # option -> default (its type is the option's type)
     metrics: tuple[str, ...]
-    groups: Callable    # (Study, options) -> group names of the main table
+    groups: Callable    # (Study, options) -> the main table's groups (its `run` values)
     needs_runs: bool = True
 
 

@@ -2,8 +2,9 @@
 inconclusive. No expression is ever evaluated; a rule is a type from `RULES` and its arguments.
 
 Numbers come from a measurement table (`Measured`): the per-seed values of one metric for one
-group. A group reference is a group name (`teacher-init`, `teacher-init@init`) or a group at one
-sweep position, `name[x]` (`best-of-K[8]`); comparison rules also accept a plain number for `b`.
+group, a value of the table's `run` column. A group reference is a group name (`teacher-init`,
+`teacher-init@init`) or a group at one sweep position (column `x`), `name[x]` (`best-of-K[8]`);
+comparison rules also accept a plain number for `b`.
 
 Comparisons of groups (less_than, greater_than, at_most, within, closer) are decided by a test
 AND a minimum effect size, so that neither float rounding nor a tiny but consistent gap decides a
@@ -92,14 +93,15 @@ def fmt(v: float) -> str:
 
 
 class Measured:
-    """Lookup of per-seed values in a long table with columns group, x, metric, value."""
+    """Lookup of per-seed values in a main table (`measures.LAYOUT`: run, seed, x, metric,
+    value are read)."""
 
     def __init__(self, table: pd.DataFrame):
         self.table = table
 
     def _rows(self, group: str, metric: str) -> pd.DataFrame:
         t = self.table
-        return t[(t["group"] == group) & (t["metric"] == metric)]
+        return t[(t["run"] == group) & (t["metric"] == metric)]
 
     def stats(self, ref: str | float, metric: str) -> Stats:
         """Values of a group reference (`name` rows with no x, or `name[x]`); a number is a

@@ -1,8 +1,9 @@
 """Running a study: train its runs, compute its measurements, draw its figures; resumable.
 
 A study's measurement tables live in `<root>/studies/<study>-<hash>/<table>.csv`, the hash
-covering the study's runs, budget, seeds and measurement options and the profile, so a changed
-config gets a fresh folder and never reads stale numbers. A measurement whose main table exists
+covering the study's runs, budget, seeds and measurement options, the profile and the main
+tables' columns (`measures.LAYOUT`), so a changed config or table layout gets a fresh folder and
+never reads stale numbers or tables of another layout. A measurement whose main table exists
 is skipped; a study whose every main table exists is skipped whole (nothing is trained or
 loaded) and only its missing figures are drawn. Verdicts are not cached: they are re-evaluated
 from the tables every time (`findings`), so editing a rule costs no measurement.
@@ -19,12 +20,12 @@ from ..runio import atomic_write_text
 from ..train.onestep import budget_grid
 from .config import LABELS, Study, digest
 from .figures import copy_samples, draw_study, short
-from .measures import MEASUREMENTS
+from .measures import LAYOUT, MEASUREMENTS
 from .workspace import StudyRuns, Workspace
 
 
 def study_dir(ws: Workspace, study: Study) -> Path:
-    key = {"study": study.key(), "profile": ws.profile.key()}
+    key = {"study": study.key(), "profile": ws.profile.key(), "columns": LAYOUT}
     return ws.root / "studies" / f"{study.stem}-{digest(key)}"
 
 

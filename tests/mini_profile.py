@@ -1,5 +1,7 @@
 """The miniature reproduction profile the reproduce tests share: a 640-image tiny digits teacher
-with a gate lenient enough for it, tiny student and measurement settings."""
+with a gate lenient enough for it, tiny student and measurement settings; a two-arm study on it."""
+
+from pathlib import Path
 
 MINI_PROFILE = """
 [mini]
@@ -27,3 +29,32 @@ min_classes = 1
 max_class_kl = 10.0
 min_confidence_ratio = 0.0
 """
+
+STUDY = """
+claim = "C1"
+statement = "teacher init >> random init"
+method = "two inits"
+[profiles.mini]
+images = 32
+seeds = [0, 1]
+[runs.teacher-init]
+objective = "gan"
+[runs.random-init]
+objective = "gan"
+init = "random"
+[measure.quality]
+[measure.cka]
+sigmas = [0.5]
+[[rules]]
+type = "less_than"
+metric = "fd_classifier"
+a = "teacher-init"
+b = "random-init"
+"""
+
+
+def write_experiments(folder: Path, study: str = STUDY) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "profiles.toml").write_text(MINI_PROFILE)
+    (folder / "c1_mini.toml").write_text(study)
+    return folder

@@ -228,14 +228,15 @@ def test_pipeline_folder_and_refusals(tmp_path, saved):
 def test_probe_and_cka_run_on_a_diffusers_teacher(saved):
     folder, _ = saved
     from initprobe.measure.analyses.activations import probe_activations
+    from initprobe.measure.analyses.profiles import ProbeOptions
     from initprobe.measure.analyses.similarity import cka_diagonal
     net = load_network(folder)
     images = torch.rand(8, CONFIG["in_channels"], RES, RES) * 2 - 1
-    df = probe_activations(net, images, sigmas=[0.5, 5.0])
+    df = probe_activations(net, images, ProbeOptions([0.5, 5.0]))
     probed = list(dict.fromkeys(df.layer))
     assert len(probed) == len(named_blocks(net))
     assert all(lid in named_layers(net) for lid in probed)
-    diag = cka_diagonal(net, net, images, sigmas=[0.5], batch=8)
+    diag = cka_diagonal(net, net, images, ProbeOptions([0.5], batch=8))
     assert np.allclose(diag["value"], 1.0, atol=1e-6)
 
 

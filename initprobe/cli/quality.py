@@ -154,7 +154,7 @@ def relfid_cmd(
     Example: initprobe relfid --teacher runs/teacher-digits --student runs/gen-digits
              --steps 2,4,6,8,10 --sigma-mid 0.2,0.5,0.8,2,5 --n 1000 --out runs/relfid
     """
-    from ..measure.analyses.relfid import relfid_sweep
+    from ..measure.analyses.relfid import RelFidOptions, relfid_sweep
     from ..report.figures import relfid_figure
     from ..runio import atomic_write_text, writable_dir
     writable_dir(out)
@@ -162,7 +162,8 @@ def relfid_cmd(
     mids = numbers(sigma_mid, float, "--sigma-mid")
     train, extractor, dev, (t_net, s_net) = _setup(data, data_path, network, inception_weights,
                                                    device, [teacher, student])
-    df = relfid_sweep(t_net, s_net, train, extractor, step_list, mids, n, batch, step_sampler)
+    df = relfid_sweep(t_net, s_net, train, extractor,
+                      RelFidOptions(step_list, mids, n, batch, step_sampler))
     df["teacher"], df["student"] = str(teacher), str(student)
     atomic_write_text(out / "relfid.csv", df.to_csv(index=False))
     png = relfid_figure(df, out / "relfid.png")

@@ -47,8 +47,9 @@ from ..measure.analyses.activations import probe_activations, probe_many
 from ..measure.analyses.frequency import denoiser_spectra, mean_spectrum
 from ..measure.analyses.linear_probe import best_layer_accuracy
 from ..measure.analyses.linear_probe import probe_many as linear_probe_many
+from ..measure.analyses.profiles import ProbeOptions
 from ..measure.analyses.quality import quality_metrics, sample_batches, summarize, summarize_samples
-from ..measure.analyses.relfid import relfid_sweep
+from ..measure.analyses.relfid import RelFidOptions, relfid_sweep
 from ..measure.analyses.similarity import cka_diagonal
 from ..measure.metrics.spectrum import band_edges, band_error
 from ..nets.io import latest_checkpoint
@@ -110,8 +111,8 @@ def cka(sr, opts) -> dict[str, pd.DataFrame]:
     for label, seed, cfg in sr.items():
         for stage, net in (("before", ws.init_network(cfg)),
                            ("after", ws.network(sr.dir(label, seed)))):
-            df = cka_diagonal(ws.teacher_net, net, images, opts["sigmas"], kernel=opts["kernel"],
-                              batch=128, run=f"teacher vs {label}")
+            df = cka_diagonal(ws.teacher_net, net, images, ProbeOptions(opts["sigmas"], batch=128),
+                              opts["kernel"]).assign(run=f"teacher vs {label}")
             detail.append(df.assign(group=label, seed=seed, stage=stage))
             records += rows(label, seed, {f"cka_{stage}": df["value"].mean()})
     return {"cka": table(records), "cka-layers": pd.concat(detail, ignore_index=True)}
@@ -148,8 +149,9 @@ def relfid(sr, opts) -> dict[str, pd.DataFrame]:
     records, detail = [], []
     for seed in sr.study.seeds:
         student = ws.network(sr.dir(opts["arm"], seed))
-        df = relfid_sweep(ws.teacher_net, student, ws.data, extractor, steps, mids,
-                          ws.profile.measure["n"], step_sampler=opts["sampler"])
+        df = relfid_sweep(ws.teacher_net, student, ws.data, extractor,
+                          RelFidOptions(steps, mids, ws.profile.measure["n"],
+                                        step_sampler=opts["sampler"]))
         detail.append(df.assign(seed=seed))
         for r in df.itertuples():
             group = {"steps": f"{opts['sampler']} steps", "sigma_mid": "two-step sigma_mid",
@@ -169,7 +171,8 @@ def probe(sr, opts) -> dict[str, pd.DataFrame]:
     ws = sr.ws
     records, detail = [], []
     for seed in sr.study.seeds:
-        df = probe_activations(ws.teacher_net, ws.real_images(), stat=opts["stat"], seed=seed)
+        df = probe_activations(ws.teacher_net, ws.real_images(), ProbeOptions(seed=seed),
+                               opts["stat"])
         detail.append(df.assign(run="teacher"))
         peaks = peak_sigmas(df, opts["stat"]).astype(float)
         records += rows("teacher", seed, {
@@ -251,9 +254,8 @@ def linear_probe(sr, opts) -> dict[str, pd.DataFrame]:
     records, detail = [], []
     for label, seed, cfg in sr.items():
         nets = {f"{label}@init": ws.init_network(cfg), label: ws.network(sr.dir(label, seed))}
-        df = linear_probe_many(nets, images, labels, sigmas=opts["sigmas"],
-                               classifier=opts["classifier"],
-                               test_fraction=opts["test_fraction"], seed=seed)
+        df = linear_probe_many(nets, images, labels, ProbeOptions(opts["sigmas"], seed=seed),
+                               opts["classifier"], opts["test_fraction"])
         acc = best_layer_accuracy(df)
         init, after = acc[f"{label}@init"], acc[label]
         records += rows(label, seed, {"probe_acc_init": init, "probe_acc_after": after,

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from initprobe.diffusion import Generator
 from initprobe.errors import UserError
 from initprobe.measure.analyses.frequency import (
     denoiser_spectra,
@@ -76,7 +77,7 @@ def test_sample_spectra_of_data_like_power_match(images):
     torch.manual_seed(0)
     net = Denoiser(UNetConfig()).eval()
     _, data_power = radial_power_spectrum(images)
-    df = sample_spectra(net, data_power, n=8, heun_steps=2, batch=4, run="tiny")
+    df = sample_spectra(Generator(net), data_power, n=8, heun_steps=2, batch=4, run="tiny")
     mismatch = df[df["metric"] == "band_mismatch"]
     assert set(mismatch["source"]) == {"one-step", "heun"} and len(mismatch) == 6
     # an untrained net's one-step output is ~0 (EDM's near-zero output layer): all power missing
@@ -87,8 +88,8 @@ def test_sample_spectra_of_data_like_power_match(images):
 def test_analysis_table_follows_the_schema(images):
     torch.manual_seed(0)
     net = Denoiser(UNetConfig()).eval()
-    df = spectrum_analysis({"tiny": net}, images[:8], ProbeOptions([1.0], batch=8), n_samples=4,
-                           heun_steps=2)
+    df = spectrum_analysis({"tiny": Generator(net)}, images[:8], ProbeOptions([1.0], batch=8),
+                           n_samples=4, heun_steps=2)
     assert list(df.columns[:len(COLUMNS)]) == COLUMNS
     assert {"source", "freq", "band"} <= set(df.columns)
     sources = set(zip(df["run"], df["source"]))

@@ -148,7 +148,7 @@ def relfid(sr, opts) -> dict[str, pd.DataFrame]:
     steps, mids = [int(s) for s in opts["steps"]], [float(m) for m in opts["sigma_mid"]]
     records, detail = [], []
     for seed in sr.study.seeds:
-        student = ws.network(sr.dir(opts["arm"], seed))
+        student = ws.generator(sr.dir(opts["arm"], seed))
         df = relfid_sweep(ws.teacher_net, student, ws.data, extractor,
                           RelFidOptions(steps, mids, ws.profile.measure["n"],
                                         step_sampler=opts["sampler"]))
@@ -193,7 +193,7 @@ def spectra(sr, opts) -> dict[str, pd.DataFrame]:
     for label, seed, cfg in sr.items():
         for group, net in ((f"{label}@init", ws.init_network(cfg)),
                            (label, ws.network(sr.dir(label, seed)))):
-            _, power = mean_spectrum(sample_batches(net, n, "generator"))
+            _, power = mean_spectrum(sample_batches(net, n, cfg.gen_map))
             mismatch = band_error(power, data_power, edges)
             values = {f"band_mismatch_{b}": mismatch[b] for b in BANDS}
             records += rows(group, seed, {**values, "band_mismatch_mean":
@@ -228,9 +228,10 @@ def best_of_k(sr, opts) -> dict[str, pd.DataFrame]:
     records = []
     for seed in sr.study.seeds:
         run = sr.dir(opts["arm"], seed)
-        gen, estimator = ws.network(run), run_estimator(latest_checkpoint(run)).to(ws.device)
+        gen, gen_map = ws.generator(run)
+        estimator = run_estimator(latest_checkpoint(run)).to(ws.device)
         shape = ws.data.shape
-        x = generate(gen, latents(range(n * ks[-1]), shape, ws.device), "generator")
+        x = generate(gen, latents(range(n * ks[-1]), shape, ws.device), gen_map)
         d = ratio_logits(estimator, x, sigma).reshape(n, ks[-1])
         x = x.reshape(n, ks[-1], *shape)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ...data import Dataset
+from ...diffusion import Generator
 from ...errors import UserError
 from ...schema import frame
 from ..features.extractors import Extractor
@@ -66,18 +67,19 @@ class RelFidOptions:
     step_sampler: str = "heun"
 
 
-def relfid_sweep(teacher, student, data: Dataset, feature_net: Extractor,
+def relfid_sweep(teacher, student: Generator, data: Dataset, feature_net: Extractor,
                  options: RelFidOptions = RelFidOptions()) -> pd.DataFrame:
     """abs and rel Frechet distances of the teacher's sampler configurations (module docstring).
 
-    `teacher` and `student` are denoisers D(x; sigma) on the same device as `feature_net`."""
+    `teacher` is a denoiser D(x; sigma) and `student` a `Generator` (network and map, as
+    `nets.io.load_generator` returns it), both on the same device as `feature_net`."""
     n, batch = options.n, options.batch
-    for name, net in (("teacher", teacher), ("student", student)):
+    for name, net in (("teacher", teacher), ("student", student.net)):
         if (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution) != data.shape:
             raise UserError(f"the {name} makes {net.cfg.in_channels}x{net.cfg.img_resolution}^2 "
                             f"images but {data.name} has shape {data.shape}; pick matching data")
     reference = summarize_data(feature_net, data, batch=batch)
-    student_s = summarize_samples(feature_net, student, n, "generator", batch=batch)
+    student_s = summarize_samples(feature_net, student.net, n, student.map, batch=batch)
     records = [dict(run="student one-step", sweep="baseline", sampler="one-step", steps=1,
                     sigma_mid=float("nan"), nfe=1, metric="abs_fd",
                     value=distance(student_s, reference))]

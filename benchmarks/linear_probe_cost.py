@@ -25,7 +25,12 @@ from initprobe.measure.analyses.linear_probe import (
     pooled_features,
     split,
 )
-from initprobe.measure.analyses.profiles import DEFAULT_LAYERS, fixed_noise, select_layers
+from initprobe.measure.analyses.profiles import (
+    DEFAULT_LAYERS,
+    ProbeOptions,
+    fixed_noise,
+    select_layers,
+)
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import PRESETS, UNetConfig
 
@@ -72,8 +77,8 @@ def main():
                 fit_score(per_layer[layer], y, train, test, args.classifier)
 
     def probe():
-        linear_probe(net, images, labels, sigmas, classifier=args.classifier,
-                     batch=args.batch)
+        linear_probe(net, images, labels, ProbeOptions(sigmas, batch=args.batch),
+                     args.classifier)
 
     plain(), extract()  # warm-up
     feats = extract()

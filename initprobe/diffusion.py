@@ -6,6 +6,7 @@ given `z`. Defaults follow EDM: sigma_min 0.002, sigma_max 80, rho 7.
 
 import math
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 
@@ -103,7 +104,8 @@ MAP = "Generator map"
 class GeneratorMap:
     """How a student maps latents to images: G(z) = D(s z; s) at s = `sigma_cond`, or with
     `steps=2` GDD's two-step map through `sigma_mid`. A student checkpoint records it
-    (`to_meta`); any other network is the default one-step map at sigma 80 (`of_meta`)."""
+    (`to_meta`) and `nets.io.load_generator` returns it with the network; any other network is
+    the default one-step map at sigma 80 (`of_meta`). A map is itself a sampler (`generate`)."""
 
     sigma_cond: float = opt(SIGMA_MAX, "noise level the generator runs at (G(z) = D(s z; s))",
                             panel=MAP)
@@ -141,25 +143,44 @@ class GeneratorMap:
         return cls(**{f.name: meta[f.name] for f in fields(cls) if f.name in meta})
 
 
-SAMPLERS = ("heun", "euler", "two-step", "one-step", "generator")
+class Generator(NamedTuple):
+    """A network and the map it generates with (`nets.io.load_generator`)."""
+
+    net: torch.nn.Module
+    map: GeneratorMap = GeneratorMap()
+
+    def to(self, device) -> "Generator":
+        return self._replace(net=self.net.to(device))
 
 
-def generator(net, z: torch.Tensor) -> torch.Tensor:
-    """The map a student checkpoint was trained as (`net.generator_map`, the `GeneratorMap`
-    `load_network` read from the checkpoint); D(80 z; 80) for any other network."""
-    return getattr(net, "generator_map", GeneratorMap())(net, z)
+NAMED_SAMPLERS = ("heun", "euler", "two-step", "one-step")   # what `generate` runs by name
+GENERATOR = "generator"   # the command line's name of a checkpoint's own generator map
+SAMPLERS = NAMED_SAMPLERS + (GENERATOR,)
+
+
+def sampler_for(name: str, gen_map: GeneratorMap) -> str | GeneratorMap:
+    """The sampler a command-line name stands for: `generator` is the checkpoint's own map
+    `gen_map` (`nets.io.load_generator`), any other name itself; UserError for an unknown
+    name."""
+    if name not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return gen_map if name == GENERATOR else name
 
 
 @torch.no_grad()
-def generate(net, z: torch.Tensor, sampler: str = "heun", steps: int = 18,
+def generate(net, z: torch.Tensor, sampler: str | GeneratorMap = "heun", steps: int = 18,
              sigma_mid: float = 2.0, batch: int = 256,
              labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Run a sampler by name over `z` in batches; returns images on z's device. `labels`:
-    one-hot class labels [N, label_dim] of a conditional network, one per latent."""
+    """Run a sampler over `z` in batches: one of `NAMED_SAMPLERS`, or a
+    `GeneratorMap` (a student's map z -> image, see `sampler_for`); returns images on z's
+    device. `labels`: one-hot class labels [N, label_dim] of a conditional network, one per
+    latent."""
     out = []
     for i, zb in enumerate(z.split(batch)):
         net_b = bind(net, None if labels is None else labels[i * batch:i * batch + len(zb)])
-        if sampler == "heun":
+        if isinstance(sampler, GeneratorMap):
+            out.append(sampler(net_b, zb))
+        elif sampler == "heun":
             out.append(heun(net_b, zb, steps))
         elif sampler == "euler":
             out.append(euler(net_b, zb, steps))
@@ -167,10 +188,9 @@ def generate(net, z: torch.Tensor, sampler: str = "heun", steps: int = 18,
             out.append(two_step(net_b, zb, sigma_mid))
         elif sampler == "one-step":
             out.append(one_step(net_b, zb))
-        elif sampler == "generator":
-            out.append(generator(net_b, zb))
         else:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {NAMED_SAMPLERS} or "
+                             f"pass a GeneratorMap (`sampler_for`)")
     return torch.cat(out)
 
 

@@ -6,7 +6,7 @@ from PIL import Image
 from initprobe.ablate.select import block_layer_ids
 from initprobe.errors import UserError
 from initprobe.measure.analyses.activations import probe_activations, probe_many
-from initprobe.measure.analyses.profiles import default_sigmas, fixed_noise
+from initprobe.measure.analyses.profiles import ProbeOptions, default_sigmas, fixed_noise
 from initprobe.nets.layers import named_layers
 from initprobe.nets.precond import Denoiser, coefficients
 from initprobe.nets.unet import UNetConfig
@@ -29,7 +29,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def table(images):
-    return probe_activations(make_net(), images, SIGMAS, batch=5)
+    return probe_activations(make_net(), images, ProbeOptions(SIGMAS, batch=5))
 
 
 def test_default_sigmas_are_the_edm_grid_with_80_once():
@@ -47,7 +47,7 @@ def test_stem_with_identity_taps_matches_the_closed_form(images, stat):
         for p in net.parameters():
             p.zero_()
         net.model.enc["8x8_conv"].weight[:, 0, 1, 1] = 1.0
-    df = probe_activations(net, images, SIGMAS, layers=["enc.8x8_conv"], stat=stat, seed=3)
+    df = probe_activations(net, images, ProbeOptions(SIGMAS, ["enc.8x8_conv"], seed=3), stat)
     noise = fixed_noise(images, 3)
     got = df[df.metric == stat].set_index("sigma")["value"]
     for sigma in SIGMAS:
@@ -85,27 +85,28 @@ def test_table_schema_and_network_order(table):
 
 def test_layer_list_is_returned_in_network_order(images):
     net = make_net()
-    df = probe_activations(net, images, [1.0, 2.0], layers=["dec.8x8_aux_conv", "map_layer0"])
+    df = probe_activations(net, images,
+                           ProbeOptions([1.0, 2.0], ["dec.8x8_aux_conv", "map_layer0"]))
     assert list(dict.fromkeys(df["layer"])) == ["map_layer0", "dec.8x8_aux_conv"]
-    everything = probe_activations(net, images, [1.0], layers="all")
+    everything = probe_activations(net, images, ProbeOptions([1.0], "all"))
     assert list(dict.fromkeys(everything["layer"])) == list(named_layers(net))
 
 
 def test_seeded_noise_is_deterministic_and_hooks_are_removed(images, table):
     net = make_net()
-    again = probe_activations(net, images, SIGMAS, batch=5)
+    again = probe_activations(net, images, ProbeOptions(SIGMAS, batch=5))
     np.testing.assert_array_equal(again["value"], table["value"])
-    one_batch = probe_activations(net, images, SIGMAS, batch=12)
+    one_batch = probe_activations(net, images, ProbeOptions(SIGMAS, batch=12))
     raw = table.metric == "mean_abs"
     np.testing.assert_allclose(one_batch["value"][raw], table["value"][raw], rtol=1e-4)
-    other = probe_activations(net, images, SIGMAS, seed=1)
+    other = probe_activations(net, images, ProbeOptions(SIGMAS, seed=1))
     assert not np.allclose(other["value"], table["value"])
     assert sum(len(m._forward_hooks) for m in net.modules()) == 0
 
 
 def test_probe_many_labels_runs_and_shares_noise(images):
     a, b = make_net(0), make_net(0)
-    df = probe_many({"a": a, "b": b, "c": make_net(5)}, images, sigmas=[0.5, 5.0])
+    df = probe_many({"a": a, "b": b, "c": make_net(5)}, images, ProbeOptions([0.5, 5.0]))
     assert list(dict.fromkeys(df["run"])) == ["a", "b", "c"]
     va, vb, vc = (df[df.run == r]["value"].to_numpy() for r in "abc")
     np.testing.assert_array_equal(va, vb)
@@ -122,15 +123,15 @@ def test_block_without_a_named_last_conv_is_a_user_error(monkeypatch):
 
 def test_unknown_stat_or_layer_selector_is_a_user_error(images):
     with pytest.raises(UserError, match="statistic"):
-        probe_activations(make_net(), images, [1.0], stat="max")
+        probe_activations(make_net(), images, ProbeOptions([1.0]), "max")
     with pytest.raises(UserError, match="selector 'convs'.*matches no layer.*initprobe layers"):
-        probe_activations(make_net(), images, [1.0], layers="convs")
+        probe_activations(make_net(), images, ProbeOptions([1.0], "convs"))
     with pytest.raises(UserError, match="no layers"):
-        probe_activations(make_net(), images, [1.0], layers=[])
+        probe_activations(make_net(), images, ProbeOptions([1.0], []))
 
 
 def test_heatmap_writes_one_panel_per_run(images, tmp_path):
-    df = probe_many({"a": make_net(0), "b": make_net(1)}, images, sigmas=SIGMAS)
+    df = probe_many({"a": make_net(0), "b": make_net(1)}, images, ProbeOptions(SIGMAS))
     two = Image.open(layer_sigma_heatmap(df, tmp_path / "two.png"))
     one = Image.open(layer_sigma_heatmap(df[df.run == "a"], tmp_path / "one.png"))
     assert two.format == "PNG" and two.width > one.width * 1.3

@@ -9,6 +9,7 @@ import torch
 from initprobe.ablate.ops import freeze, reinit
 from initprobe.ablate.select import count_params, select
 from initprobe.measure.analyses.activations import probe_activations
+from initprobe.measure.analyses.profiles import ProbeOptions
 from initprobe.measure.analyses.similarity import cka_matrix
 from initprobe.nets.layers import last_conv_id, layer_table, named_blocks, named_layers
 from initprobe.nets.precond import Denoiser
@@ -81,11 +82,11 @@ def test_probes_and_cka_run_on_adm(adm):
         for p in adm.parameters():
             p.add_(0.05 * torch.randn_like(p))
     images = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    probed = probe_activations(adm, images, sigmas=[0.5, 2.0], layers="blocks")
+    probed = probe_activations(adm, images, ProbeOptions([0.5, 2.0], "blocks"))
     probed = probed[probed["metric"] == "mean_abs"]
     assert set(probed["layer"]) == {last_conv_id(adm, b) for b in named_blocks(adm)}
     assert len(probed) == 2 * len(named_blocks(adm)) and (probed["value"] > 0).all()
-    m = cka_matrix(adm, adm, images, sigma=0.5, layers=select(adm, "head"))
+    m = cka_matrix(adm, adm, images, 0.5, ProbeOptions(layers=select(adm, "head")))
     diag = m[m["layer"] == m["layer_b"]]["value"]
     assert len(diag) == 2 and torch.allclose(torch.tensor(diag.to_list()), torch.ones(2),
                                               atol=1e-4)

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,12 +8,14 @@ import torch
 from initprobe.ablate.select import block_layer_ids
 from initprobe.errors import UserError
 from initprobe.measure.analyses.attribution import (
+    DEFAULT_PROBE,
+    AttributionOptions,
     attribute,
     direction,
     layer_attributions,
     target_function,
 )
-from initprobe.measure.analyses.profiles import fixed_noise
+from initprobe.measure.analyses.profiles import ProbeOptions, fixed_noise
 from initprobe.measure.features.hooks import capture, modules_by_id
 from initprobe.nets.precond import Denoiser, coefficients
 from initprobe.nets.unet import UNetConfig
@@ -116,8 +119,8 @@ def test_table_aggregates_mean_abs_attribution(net, data):
     x, _ = data
     sigmas = [0.2, 3.0]
     layers = ["map_layer0", STEM]
-    df = attribute(net, x, sigmas, layers, method="conductance", target="loss", n_steps=8,
-                   baseline="mean", seed=4, batch=3)
+    df = attribute(net, x, ProbeOptions(sigmas, layers, seed=4, batch=3),
+                   AttributionOptions("conductance", "loss", "mean", n_steps=8))
     raw = df[df.metric == "attr_conductance"]
     assert list(dict.fromkeys(raw["layer"])) == layers and (df["target"] == "loss").all()
     # the noise embedding does not depend on the image: no conductance flows through it
@@ -135,16 +138,17 @@ def test_table_aggregates_mean_abs_attribution(net, data):
 
 def test_internal_batch_size_does_not_change_the_result(net, data):
     x, _ = data
-    kw = {"sigmas": [1.0], "layers": [STEM], "method": "conductance", "target": "projection",
-          "n_steps": 6}
-    whole = attribute(net, x, **kw)
-    chunked = attribute(net, x, internal_batch_size=4, **kw)
+    probe = ProbeOptions([1.0], [STEM], batch=DEFAULT_PROBE.batch)
+    how = AttributionOptions("conductance", "projection", n_steps=6)
+    whole = attribute(net, x, probe, how)
+    chunked = attribute(net, x, probe, replace(how, internal_batch_size=4))
     np.testing.assert_allclose(chunked["value"], whole["value"], rtol=1e-4)
 
 
 def test_grad_x_act_table_covers_blocks_and_sigmas(net, data):
     x, _ = data
-    df = attribute(net, x, [0.1, 1.0, 10.0], method="grad_x_act", target="projection")
+    df = attribute(net, x, ProbeOptions([0.1, 1.0, 10.0]),
+                   AttributionOptions("grad_x_act", "projection"))
     assert set(df.metric) == {"attr_grad_x_act", "minmax"}
     assert list(dict.fromkeys(df.layer)) == block_layer_ids(net)
     assert df.groupby(["metric", "layer"]).size().eq(3).all()
@@ -154,6 +158,6 @@ def test_grad_x_act_table_covers_blocks_and_sigmas(net, data):
 @pytest.mark.parametrize("kw, what", [({"method": "saliency"}, "method"),
                                       ({"target": "score"}, "target"),
                                       ({"baseline": "blur"}, "baseline")])
-def test_unknown_options_are_user_errors(net, data, kw, what):
+def test_unknown_options_are_user_errors(kw, what):
     with pytest.raises(UserError, match=what):
-        attribute(net, data[0], [1.0], **kw)
+        AttributionOptions(**kw)

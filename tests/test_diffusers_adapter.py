@@ -14,7 +14,7 @@ diffusers = pytest.importorskip("diffusers")
 from initprobe.ablate.select import select
 from initprobe.errors import UserError
 from initprobe.nets.diffusers_adapter import DiffusersDenoiser
-from initprobe.nets.io import load_network
+from initprobe.nets.io import load_generator, load_network
 from initprobe.nets.layers import layer_table, lowest_res, named_blocks, named_layers
 
 RES = 16
@@ -228,14 +228,15 @@ def test_pipeline_folder_and_refusals(tmp_path, saved):
 def test_probe_and_cka_run_on_a_diffusers_teacher(saved):
     folder, _ = saved
     from initprobe.measure.analyses.activations import probe_activations
+    from initprobe.measure.analyses.profiles import ProbeOptions
     from initprobe.measure.analyses.similarity import cka_diagonal
     net = load_network(folder)
     images = torch.rand(8, CONFIG["in_channels"], RES, RES) * 2 - 1
-    df = probe_activations(net, images, sigmas=[0.5, 5.0])
+    df = probe_activations(net, images, ProbeOptions([0.5, 5.0]))
     probed = list(dict.fromkeys(df.layer))
     assert len(probed) == len(named_blocks(net))
     assert all(lid in named_layers(net) for lid in probed)
-    diag = cka_diagonal(net, net, images, sigmas=[0.5], batch=8)
+    diag = cka_diagonal(net, net, images, ProbeOptions([0.5], batch=8))
     assert np.allclose(diag["value"], 1.0, atol=1e-6)
 
 
@@ -246,9 +247,9 @@ def test_train_a_one_step_student_from_a_diffusers_teacher(tmp_path):
     cfg = OneStepConfig(teacher=str(tmp_path / "teacher"), objective="gan", images=64, batch=16,
                         eval_n=0, log_every=2)
     train_onestep(cfg, tmp_path / "run", progress=False)
-    student = load_network(tmp_path / "run")
+    student, gen_map = load_generator(tmp_path / "run")
     assert isinstance(student, DiffusersDenoiser)
-    assert student.generator_map == GeneratorMap()
+    assert gen_map == GeneratorMap()
     z = torch.randn(2, 1, 8, 8)
     assert torch.isfinite(student(80 * z, 80.0)).all()
     teacher = load_network(tmp_path / "teacher")

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from initprobe.diffusion import Generator
 from initprobe.errors import UserError
 from initprobe.measure.analyses.frequency import (
     denoiser_spectra,
@@ -8,6 +9,7 @@ from initprobe.measure.analyses.frequency import (
     sample_spectra,
     spectrum_analysis,
 )
+from initprobe.measure.analyses.profiles import ProbeOptions
 from initprobe.measure.metrics.spectrum import radial_power_spectrum
 from initprobe.nets.precond import Denoiser
 from initprobe.nets.unet import UNetConfig
@@ -34,7 +36,7 @@ class Oracle:
 
 
 def test_exact_denoiser_has_zero_error_in_every_band(images):
-    df = denoiser_spectra(Oracle(images), images, SIGMAS, batch=len(images))
+    df = denoiser_spectra(Oracle(images), images, ProbeOptions(SIGMAS, batch=len(images)))
     rel = df[df["metric"] == "rel_error"]
     assert set(rel["band"]) == {"low", "mid", "high"} and len(rel) == 3 * len(SIGMAS)
     assert (rel["value"] == 0).all()
@@ -47,14 +49,15 @@ def test_exact_denoiser_has_zero_error_in_every_band(images):
 
 
 def test_zero_output_misses_all_of_every_band(images):
-    df = denoiser_spectra(lambda y, s: torch.zeros_like(y), images, SIGMAS, batch=10)
+    df = denoiser_spectra(lambda y, s: torch.zeros_like(y), images,
+                          ProbeOptions(SIGMAS, batch=10))
     rel = df[df["metric"] == "rel_error"]["value"]
     assert rel.sub(1).abs().max() < 1e-12
 
 
 def test_identity_output_error_is_white_noise_of_variance_sigma_squared(images):
     many = images.repeat(16, 1, 1, 1)  # more noise draws for a tight average
-    df = denoiser_spectra(lambda y, s: y, many, [0.5, 3.0], batch=128)
+    df = denoiser_spectra(lambda y, s: y, many, ProbeOptions([0.5, 3.0], batch=128))
     err = df[(df["metric"] == "power") & (df["source"] == "error")]
     for sigma, d in err.groupby("sigma"):
         flat = torch.tensor(d["value"].to_numpy()) / sigma ** 2
@@ -74,7 +77,7 @@ def test_sample_spectra_of_data_like_power_match(images):
     torch.manual_seed(0)
     net = Denoiser(UNetConfig()).eval()
     _, data_power = radial_power_spectrum(images)
-    df = sample_spectra(net, data_power, n=8, heun_steps=2, batch=4, run="tiny")
+    df = sample_spectra(Generator(net), data_power, n=8, heun_steps=2, batch=4, run="tiny")
     mismatch = df[df["metric"] == "band_mismatch"]
     assert set(mismatch["source"]) == {"one-step", "heun"} and len(mismatch) == 6
     # an untrained net's one-step output is ~0 (EDM's near-zero output layer): all power missing
@@ -85,8 +88,8 @@ def test_sample_spectra_of_data_like_power_match(images):
 def test_analysis_table_follows_the_schema(images):
     torch.manual_seed(0)
     net = Denoiser(UNetConfig()).eval()
-    df = spectrum_analysis({"tiny": net}, images[:8], n_samples=4, heun_steps=2, sigmas=[1.0],
-                           batch=8)
+    df = spectrum_analysis({"tiny": Generator(net)}, images[:8], ProbeOptions([1.0], batch=8),
+                           n_samples=4, heun_steps=2)
     assert list(df.columns[:len(COLUMNS)]) == COLUMNS
     assert {"source", "freq", "band"} <= set(df.columns)
     sources = set(zip(df["run"], df["source"]))

@@ -16,7 +16,12 @@ from initprobe.measure.analyses.linear_probe import (
     pooled_features,
     probe_many,
 )
-from initprobe.measure.analyses.profiles import DEFAULT_LAYERS, fixed_noise, select_layers
+from initprobe.measure.analyses.profiles import (
+    DEFAULT_LAYERS,
+    ProbeOptions,
+    fixed_noise,
+    select_layers,
+)
 from initprobe.measure.features import hooks
 from initprobe.nets.io import load_network, save_checkpoint
 from initprobe.nets.precond import Denoiser
@@ -65,7 +70,7 @@ def accuracy(df, **where):
 
 def test_a_planted_signal_in_one_channel_is_decoded_and_noise_erases_it():
     net, images, labels = planted()
-    df = linear_probe(net, images, labels, SIGMAS, layers="enc.8x8_conv", seed=1)
+    df = linear_probe(net, images, labels, ProbeOptions(SIGMAS, "enc.8x8_conv", seed=1))
     acc = df[df["metric"] == "accuracy"].set_index("sigma")["value"]
     assert acc[0.01] >= 0.98 and acc[0.1] >= 0.98
     assert acc[80.0] <= 0.7          # sd of the pooled noise 80/8 = 10 >> the 0.5 shift
@@ -81,10 +86,10 @@ def test_a_planted_signal_in_one_channel_is_decoded_and_noise_erases_it():
 def test_shuffled_labels_give_chance_and_true_labels_do_not(digits, classifier):
     images, labels = digits
     net = make_net()
-    kw = dict(sigmas=[0.05], layers="dec.4x4_in1.conv1,dec.8x8_up.conv1", classifier=classifier)
-    true = linear_probe(net, images, labels, **kw)
+    probe = ProbeOptions([0.05], "dec.4x4_in1.conv1,dec.8x8_up.conv1")
+    true = linear_probe(net, images, labels, probe, classifier)
     shuffled = linear_probe(net, images, labels[torch.randperm(len(labels),
-                            generator=torch.Generator().manual_seed(0))], **kw)
+                            generator=torch.Generator().manual_seed(0))], probe, classifier)
     chance = true.loc[true["metric"] == "chance", "value"].item()
     assert chance == pytest.approx(np.bincount(labels).max() / len(labels), abs=0.01)
     assert accuracy(true).min() > 0.5
@@ -103,14 +108,14 @@ def test_a_briefly_trained_teacher_beats_random_inits_on_digits(tmp_path):
     ds = load_dataset("digits", split="train", limit=500)
     nets = {"teacher": load_network(tmp_path / "teacher").eval(),
             "random0": make_net(0), "random1": make_net(1)}
-    best = best_layer_accuracy(probe_many(nets, ds.images, ds.labels, sigmas=[0.6, 1.0]))
+    best = best_layer_accuracy(probe_many(nets, ds.images, ds.labels, ProbeOptions([0.6, 1.0])))
     assert best["teacher"] > max(best["random0"], best["random1"]) + 0.04
 
 
 def test_table_schema_layers_order_and_determinism(digits):
     images, labels = digits
     net = make_net()
-    a = probe_many({"x": net, "y": make_net(1)}, images, labels, sigmas=[2.0, 0.1], seed=3)
+    a = probe_many({"x": net, "y": make_net(1)}, images, labels, ProbeOptions([2.0, 0.1], seed=3))
     assert list(a.columns[:len(COLUMNS)]) == COLUMNS
     assert list(dict.fromkeys(a["run"])) == ["x", "y"]
     rows = a[a["metric"] == "accuracy"]
@@ -118,7 +123,7 @@ def test_table_schema_layers_order_and_determinism(digits):
     assert list(dict.fromkeys(rows["sigma"])) == [0.1, 2.0]
     assert set(a["metric"]) == {"accuracy", "balanced_accuracy", "chance"}
     assert a["seed"].eq(3).all() and a["value"].between(0, 1).all()
-    b = probe_many({"x": net, "y": make_net(1)}, images, labels, sigmas=[2.0, 0.1], seed=3)
+    b = probe_many({"x": net, "y": make_net(1)}, images, labels, ProbeOptions([2.0, 0.1], seed=3))
     pd.testing.assert_frame_equal(a, b)
     best = best_layer_accuracy(a)
     for run in ("x", "y"):
@@ -162,7 +167,7 @@ def test_bad_input_is_a_user_error(digits, kw, message):
     elif n is not None:
         images = images[:n]
     with pytest.raises(UserError, match=message):
-        linear_probe(make_net(), images, labels, [0.1], **kw)
+        linear_probe(make_net(), images, labels, ProbeOptions([0.1]), **kw)
 
 
 def test_cli_writes_table_and_figures(tmp_path):

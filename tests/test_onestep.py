@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from initprobe.ablate.select import select
 from initprobe.cli import app, register_commands
+from initprobe.diffusion import GeneratorMap
 from initprobe.errors import UserError
-from initprobe.nets.io import latest_checkpoint, load_network
+from initprobe.nets.io import latest_checkpoint, load_generator, load_network
 from initprobe.runio import read_jsonl
 from initprobe.train import onestep
 from initprobe.train.loop import Dist
@@ -142,6 +143,9 @@ def test_other_generator_maps_run(teacher, tmp_path, kw):
     assert rec["step"] == 2
     assert json.loads((tmp_path / "map" / "config.json").read_text())["sigma_cond"] == \
         kw.get("sigma_cond", 80.0)
+    net, gen_map = load_generator(tmp_path / "map")  # the checkpoint's map comes back with it
+    assert gen_map == GeneratorMap(**kw) and load_generator(teacher).map == GeneratorMap()
+    assert not hasattr(net, "generator_map")
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from initprobe.data import Dataset, load_dataset
+from initprobe.diffusion import Generator
 from initprobe.errors import UserError
 from initprobe.measure.analyses.quality import (
     FeatureSummary,
@@ -13,7 +14,7 @@ from initprobe.measure.analyses.quality import (
     summarize_data,
     summarize_samples,
 )
-from initprobe.measure.analyses.relfid import relfid_sweep
+from initprobe.measure.analyses.relfid import RelFidOptions, relfid_sweep
 from initprobe.measure.features.classifier import FeatureNet, cache_dir
 from initprobe.measure.features.extractors import Extractor, make_extractor, weights_hash
 from initprobe.measure.features.inception import (
@@ -111,8 +112,8 @@ def test_metrics_against_itself_and_names(classifier, net):
 
 
 def test_relfid_sweep_with_the_teacher_as_student(classifier, digits, net):
-    df = relfid_sweep(net, net, digits, classifier, steps=(2, 3), sigma_mids=(0.5, 2), n=12,
-                      batch=12)
+    df = relfid_sweep(net, Generator(net), digits, classifier,
+                      RelFidOptions(steps=(2, 3), sigma_mids=(0.5, 2), n=12, batch=12))
     assert list(df.columns[:len(COLUMNS)]) == COLUMNS
     assert list(dict.fromkeys(df["run"])) == ["student one-step", "teacher one-step", "heun-2",
                                               "heun-3", "two-step-0.5", "two-step-2"]
@@ -123,14 +124,16 @@ def test_relfid_sweep_with_the_teacher_as_student(classifier, digits, net):
     assert (rel.drop("teacher one-step") > 0).all()
     assert set(df["network"]) == {"classifier"} and set(df["n"]) == {12}
     assert df.set_index("run").loc["heun-3", "nfe"].iloc[0] == 5
-    euler = relfid_sweep(net, net, digits, classifier, steps=(3,), sigma_mids=(1,), n=6,
-                         step_sampler="euler")
+    euler = relfid_sweep(net, Generator(net), digits, classifier,
+                         RelFidOptions(steps=(3,), sigma_mids=(1,), n=6, step_sampler="euler"))
     assert euler.set_index("run").loc["euler-3", "nfe"].iloc[0] == 3
     with pytest.raises(UserError, match="unknown step sampler"):
-        relfid_sweep(net, net, digits, classifier, n=6, step_sampler="ddim")
+        relfid_sweep(net, Generator(net), digits, classifier,
+                     RelFidOptions(n=6, step_sampler="ddim"))
     with pytest.raises(UserError, match="shape"):
-        relfid_sweep(net, net, Dataset("x", torch.zeros(4, 3, 8, 8), torch.zeros(4).long(), 1),
-                     classifier, n=4)
+        relfid_sweep(net, Generator(net),
+                     Dataset("x", torch.zeros(4, 3, 8, 8), torch.zeros(4).long(), 1), classifier,
+                     RelFidOptions(n=4))
 
 
 # FID Inception-v3 ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from initprobe.diffusion import (
@@ -10,8 +11,10 @@ from initprobe.diffusion import (
     karras_sigmas,
     latents,
     one_step,
+    sampler_for,
     two_step,
 )
+from initprobe.errors import UserError
 
 
 class Gaussian(torch.nn.Module):
@@ -63,11 +66,15 @@ def test_generate_dispatch_and_latent_seeds():
         assert out.shape == z.shape and torch.isfinite(out).all()
 
 
-def test_generator_sampler_follows_the_recorded_map():
+def test_a_generator_map_is_a_sampler_and_the_generator_name_resolves_to_it():
     net = Gaussian()
     z = torch.randn(3, 1, 4, 4)
-    assert torch.allclose(generate(net, z, "generator"), one_step(net, z))
-    net.generator_map = GeneratorMap(sigma_cond=20.0)
-    assert torch.allclose(generate(net, z, "generator"), one_step(net, z, 20.0))
-    net.generator_map = GeneratorMap(steps=2, sigma_mid=0.5)
-    assert torch.allclose(generate(net, z, "generator"), two_step(net, z, 0.5))
+    assert torch.allclose(generate(net, z, GeneratorMap()), one_step(net, z))
+    assert torch.allclose(generate(net, z, GeneratorMap(sigma_cond=20.0)), one_step(net, z, 20.0))
+    two = GeneratorMap(steps=2, sigma_mid=0.5)
+    assert torch.allclose(generate(net, z, two), two_step(net, z, 0.5))
+    assert sampler_for("generator", two) is two and sampler_for("heun", two) == "heun"
+    with pytest.raises(UserError, match="unknown sampler 'ddim'"):
+        sampler_for("ddim", two)
+    with pytest.raises(ValueError, match="GeneratorMap"):  # the name alone carries no map
+        generate(net, z, "generator")

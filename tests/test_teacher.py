@@ -13,7 +13,10 @@ SMALL = dict(preset="tiny", batch=32, log_every=10, ckpt_every=20, warmup_images
 
 
 def test_training_lowers_the_loss(tmp_path):
-    train_teacher(TeacherConfig(images=32 * 120, **SMALL), tmp_path / "run", progress=False)
+    given = TeacherConfig(images=32 * 120, **SMALL)
+    train_teacher(given, tmp_path / "run", progress=False)
+    assert given == TeacherConfig(images=32 * 120, **SMALL)  # the caller's config is untouched
+    assert given.unet == {} and given.size is None
     losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:2]) / 2

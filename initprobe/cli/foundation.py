@@ -97,18 +97,17 @@ def sample_cmd(
     Class-conditional: initprobe sample runs/teacher-cond --labels 0-9 --seeds 0-99 --out
     runs/cond-samples (seed i gets class i mod 10; --labels 3: all class 3; --labels uniform)
     """
-    from ..diffusion import SAMPLERS, generate, latents
-    from ..nets.io import load_network
+    from ..diffusion import generate, latents, sampler_for
+    from ..nets.io import load_generator
     from ..nets.labels import class_labels, label_dim, one_hot
     from ..report.images import save_grid
     from ..runio import atomic_save_npz
     from ..train.loop import pick_device
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if steps < 1 or sigma_mid <= 0:
         raise UserError("--steps must be >= 1 and --sigma-mid > 0")
     dev = pick_device(device)
-    net = load_network(checkpoint, which=weights).to(dev)
+    net, gen_map = load_generator(checkpoint, which=weights).to(dev)
+    how = sampler_for(sampler, gen_map)
     seed_list = parse_seeds(seeds)
     z = latents(seed_list, (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution),
                 dev)
@@ -116,7 +115,7 @@ def sample_cmd(
     if y is not None and labels is None:
         typer.echo("note: a class-conditional network without --labels: each seed's class is "
                    "drawn uniformly (as --labels uniform)", err=True)
-    x = generate(net, z, sampler, steps, sigma_mid, labels=one_hot(y, label_dim(net), dev)).cpu()
+    x = generate(net, z, how, steps, sigma_mid, labels=one_hot(y, label_dim(net), dev)).cpu()
     name = f"{sampler}-{steps}" if sampler in ("heun", "euler") else sampler
     png = save_grid(x, out / f"{name}.png")
     npz = out / f"{name}.npz"

@@ -39,16 +39,18 @@ def spectrum_cmd(
     samples' classes are drawn uniformly per seed.
     """
     from ..measure.analyses.frequency import spectrum_analysis
-    from ..nets.io import load_network
+    from ..measure.analyses.profiles import ProbeOptions
+    from ..nets.io import load_generator
     from ..report.figures import band_error_figure, spectra_figure
     from ..runio import atomic_write_text
     from ..train.loop import pick_device
     names = run_labels(checkpoints, label)
     dev = pick_device(device)
-    nets = {name: load_network(c).to(dev) for name, c in zip(names, checkpoints)}
+    gens = {name: load_generator(c).to(dev) for name, c in zip(names, checkpoints)}
+    nets = {name: g.net for name, g in gens.items()}
     ds = dataset_for(next(iter(nets.values())), data, data_path, split, n_images)
-    df = spectrum_analysis(nets, ds.images.to(dev), n, heun_steps, seed=seed, batch=batch,
-                           cond=class_inputs(nets, labels, ds, dev))
+    df = spectrum_analysis(gens, ds.images.to(dev), ProbeOptions(seed=seed, batch=batch), n,
+                           heun_steps, class_inputs(nets, labels, ds, dev))
     spectra, bands = df[df["metric"] == "power"], df[df["metric"] != "power"]
     for name, table, draw in (("spectra", spectra, spectra_figure),
                               ("bands", bands, band_error_figure)):

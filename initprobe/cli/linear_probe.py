@@ -61,6 +61,7 @@ def linear_probe_cmd(
              --label random --sigmas 0.05,0.2,0.5,1,2,5 --out runs/linear-probe
     """
     from ..measure.analyses.linear_probe import probe_many
+    from ..measure.analyses.profiles import ProbeOptions
     from ..nets.io import load_network
     from ..report.probe_figures import accuracy_heatmaps, best_layer_figure
     from ..runio import atomic_write_text
@@ -70,9 +71,8 @@ def linear_probe_cmd(
     dev = pick_device(device)
     nets = {n: load_network(c).to(dev).eval() for n, c in zip(names, checkpoints)}
     ds = dataset_for(next(iter(nets.values())), data, data_path, split, n_images)
-    df = probe_many(nets, ds.images, ds.labels, sigmas=grid, layers=layers,
-                    classifier=classifier, seed=seed, test_fraction=test_fraction, batch=batch,
-                    progress=True)
+    options = ProbeOptions(grid, layers, seed, batch, progress=True)
+    df = probe_many(nets, ds.images, ds.labels, options, classifier, test_fraction)
     csv = out / "linear_probe.csv"
     atomic_write_text(csv, df.to_csv(index=False))
     heat = accuracy_heatmaps(df, out / "linear_probe.png",

@@ -64,14 +64,15 @@ def probe_activations_cmd(
     Class-conditional networks see the images' own labels (or --labels, e.g. 3).
     """
     from ..measure.analyses.activations import probe_many
+    from ..measure.analyses.profiles import ProbeOptions
     from ..nets.io import load_network
     from ..train.loop import pick_device
     names = run_labels(checkpoints, label)
     dev = pick_device(device)
     nets = {n: load_network(c).to(dev) for n, c in zip(names, checkpoints)}
     ds = dataset_for(next(iter(nets.values())), data, data_path, split, n_images)
-    df = probe_many(nets, ds.images, class_inputs(nets, labels, ds, dev),
-                    layers=layers, stat=stat, seed=seed, batch=batch, progress=True)
+    options = ProbeOptions(layers=layers, seed=seed, batch=batch, progress=True)
+    df = probe_many(nets, ds.images, options, stat, class_inputs(nets, labels, ds, dev))
     _write(df, out, "activations", stat, f"{stat} of layer outputs, min-max per layer")
 
 
@@ -101,16 +102,17 @@ def attribute_cmd(
     Example: initprobe attribute runs/teacher-digits --method conductance --target loss
              --n-images 64 --internal-batch-size 32 --out runs/attr
     """
-    from ..measure.analyses.attribution import attribute
+    from dataclasses import replace
+
+    from ..measure.analyses.attribution import DEFAULT_PROBE, AttributionOptions, attribute
     from ..nets.io import load_network
     from ..train.loop import pick_device
+    how = AttributionOptions(method, target, baseline, n_steps, internal_batch_size)
     dev = pick_device(device)
     net = load_network(checkpoint).to(dev)
     ds = dataset_for(net, data, data_path, split, n_images)
-    df = attribute(net, ds.images, layers=layers, method=method, target=target,
-                   seed=seed, internal_batch_size=internal_batch_size, n_steps=n_steps,
-                   baseline=baseline, progress=True,
-                   cond=class_inputs({"": net}, labels, ds, dev)[""])
+    options = replace(DEFAULT_PROBE, layers=layers, seed=seed, progress=True)
+    df = attribute(net, ds.images, options, how, class_inputs({"": net}, labels, ds, dev)[""])
     df["run"] = label or Path(checkpoint).stem
     _write(df, out, "attribution", f"attr_{method}", f"{method} attribution to the {target}, "
            f"min-max per layer")

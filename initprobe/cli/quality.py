@@ -40,13 +40,14 @@ def train_features_cmd(
 def _setup(data: str, data_path: str | None, network: str, weights: Path | None, device: str,
            checkpoints: list[Path]):
     """(train data at the checkpoints' image side, extractor on the device, device, the
-    checkpoints' networks); the networks are loaded and checked against the data before the
-    extractor (maybe trained) is made."""
+    checkpoints' generators, `load_generator`); the networks are loaded and checked against the
+    data before the extractor (maybe trained) is made."""
     from ..measure.features.extractors import make_extractor
-    from ..nets.io import dataset_for_network, load_network
+    from ..nets.io import dataset_for_network, load_generator
     from ..train.loop import pick_device
     dev = pick_device(device)
-    nets = [load_network(c).to(dev) for c in checkpoints]
+    gens = [load_generator(c).to(dev) for c in checkpoints]
+    nets = [g.net for g in gens]
     train = dataset_for_network(nets[0], checkpoints[0], data, data_path)
     for checkpoint, net in zip(checkpoints, nets):
         if (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution) != train.shape:
@@ -54,7 +55,7 @@ def _setup(data: str, data_path: str | None, network: str, weights: Path | None,
                             f"{net.cfg.img_resolution}^2 images but {train.name} has shape "
                             f"{train.shape}; pick the matching --data")
     test = dataset_for_network(nets[0], checkpoints[0], data, data_path, "test")
-    return train, make_extractor(network, train, test, weights).to(dev), dev, nets
+    return train, make_extractor(network, train, test, weights).to(dev), dev, gens
 
 
 @app.command("quality")
@@ -93,6 +94,7 @@ def quality_cmd(
     FID:     initprobe quality runs/gen-cifar --data cifar10 --data-path DATA
              --network inception --inception-weights pt_inception-2015-12-05-6726825d.pth
     """
+    from ..diffusion import sampler_for
     from ..measure.analyses.quality import (
         class_metrics,
         quality_metrics,
@@ -107,16 +109,18 @@ def quality_cmd(
     refs = [] if reference == "data" else [Path(reference)]
     train, extractor, dev, loaded = _setup(data, data_path, network, inception_weights, device,
                                            [*checkpoints, *refs])
-    nets = dict(zip(names, loaded))
+    gens = dict(zip(names, loaded))
     if reference == "data":
         ref = summarize_data(extractor, train, batch=batch)
     else:
-        ref = summarize_samples(extractor, loaded[-1], n,
-                                reference_sampler or sampler, reference_steps or steps,
-                                sigma_mid, batch, labels)
+        ref_net, ref_map = loaded[-1]
+        ref = summarize_samples(extractor, ref_net, n,
+                                sampler_for(reference_sampler or sampler, ref_map),
+                                reference_steps or steps, sigma_mid, batch, labels)
     records = []
-    for name, net in nets.items():
-        s = summarize_samples(extractor, net, n, sampler, steps, sigma_mid, batch, labels)
+    for name, (net, gen_map) in gens.items():
+        s = summarize_samples(extractor, net, n, sampler_for(sampler, gen_map), steps,
+                              sigma_mid, batch, labels)
         q = quality_metrics(s, ref, extractor)
         if s.by_class and reference == "data":
             q.update(class_metrics(s, summarize_classes(extractor, train), extractor))
@@ -154,15 +158,16 @@ def relfid_cmd(
     Example: initprobe relfid --teacher runs/teacher-digits --student runs/gen-digits
              --steps 2,4,6,8,10 --sigma-mid 0.2,0.5,0.8,2,5 --n 1000 --out runs/relfid
     """
-    from ..measure.analyses.relfid import relfid_sweep
+    from ..measure.analyses.relfid import RelFidOptions, relfid_sweep
     from ..report.figures import relfid_figure
     from ..runio import atomic_write_text, writable_dir
     writable_dir(out)
     step_list = numbers(steps, int, "--steps")
     mids = numbers(sigma_mid, float, "--sigma-mid")
-    train, extractor, dev, (t_net, s_net) = _setup(data, data_path, network, inception_weights,
+    train, extractor, dev, (t_gen, s_gen) = _setup(data, data_path, network, inception_weights,
                                                    device, [teacher, student])
-    df = relfid_sweep(t_net, s_net, train, extractor, step_list, mids, n, batch, step_sampler)
+    df = relfid_sweep(t_gen.net, s_gen, train, extractor,
+                      RelFidOptions(step_list, mids, n, batch, step_sampler))
     df["teacher"], df["student"] = str(teacher), str(student)
     atomic_write_text(out / "relfid.csv", df.to_csv(index=False))
     png = relfid_figure(df, out / "relfid.png")

@@ -42,6 +42,7 @@ def cka_cmd(
 
     Class-conditional networks see the images' own labels (or --labels, e.g. 3).
     """
+    from ..measure.analyses.profiles import ProbeOptions
     from ..measure.analyses.similarity import cka_diagonal, cka_matrix
     from ..nets.io import load_network
     from ..report.figures import cka_diagonal_figure, cka_matrix_heatmap
@@ -54,10 +55,10 @@ def cka_cmd(
     net_a, net_b = load_network(a).to(dev), load_network(b).to(dev)
     ds = dataset_for(net_a, data, data_path, split, n_images)
     cond = class_inputs({"a": net_a, "b": net_b}, labels, ds, dev)
-    opts = dict(layers=layers, kernel=kernel, batch=batch, seed=seed,
-                run=f"{name_a} vs {name_b}", cond=(cond["a"], cond["b"]))
-    matrix = cka_matrix(net_a, net_b, ds.images, sigma, **opts)
-    diagonal = cka_diagonal(net_a, net_b, ds.images, **opts)
+    options, pair = ProbeOptions(layers=layers, seed=seed, batch=batch), (cond["a"], cond["b"])
+    run = f"{name_a} vs {name_b}"
+    matrix = cka_matrix(net_a, net_b, ds.images, sigma, options, kernel, pair).assign(run=run)
+    diagonal = cka_diagonal(net_a, net_b, ds.images, options, kernel, pair).assign(run=run)
     for name, df, draw in (("cka_matrix", matrix, cka_matrix_heatmap),
                            ("cka_diagonal", diagonal, cka_diagonal_figure)):
         atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))

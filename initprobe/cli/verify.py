@@ -15,8 +15,7 @@ def load_run_verifier(run_dir: Path):
     """The EMA generator, its map z -> image and the trained ratio estimator of a run's latest
     checkpoint. The estimator lives in the checkpoint's `.state.pt` under `aux` (the objective's
     state, which records the estimator's architecture as `estimator_spec`)."""
-    from ..diffusion import GeneratorMap
-    from ..nets.io import load_network, read_meta, resolve
+    from ..nets.io import load_generator, read_meta, resolve
     from ..train.ratio import run_estimator
     stem = resolve(run_dir)
     meta = read_meta(stem)
@@ -24,8 +23,8 @@ def load_run_verifier(run_dir: Path):
         raise UserError(f"{stem}: not a ratio/diffratio student checkpoint (objective "
                         f"{meta.get('objective')!r}); pass a run trained with --objective "
                         f"ratio or diffratio")
-    gen = load_network(stem, "ema")
-    return gen, GeneratorMap.of_meta(meta), run_estimator(stem), stem
+    gen, gen_map = load_generator(stem, "ema")
+    return gen, gen_map, run_estimator(stem), stem
 
 
 @app.command("sample-best-of")

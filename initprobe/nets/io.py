@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..diffusion import GeneratorMap
+from ..diffusion import Generator, GeneratorMap
 from ..errors import UserError
 from ..runio import atomic_save, atomic_write_json
 from .diffusers_adapter import (
@@ -154,13 +154,26 @@ def load_network(path: str | Path, which: str = "ema",
     """Load a network from a checkpoint; `which` is `ema` (default, falls back to `net` when the
     checkpoint has no EMA) or `net`. `precond` overrides the recorded preconditioning.
     An EDM `.pkl` loads its entry `which`; a diffusers folder has one network and no `precond`."""
+    return _load(path, which, precond)[0]
+
+
+def load_generator(path: str | Path, which: str = "ema") -> Generator:
+    """`load_network` with the generator map the checkpoint records (a student's; the default
+    one-step map for any other network), to sample it as trained."""
+    net, meta = _load(path, which)
+    return Generator(net, GeneratorMap.of_meta(meta))
+
+
+def _load(path: str | Path, which: str = "ema", precond: str | None = None) -> tuple[
+        Denoiser | DiffusersDenoiser, dict]:
+    """The network and the metadata it was saved with (empty for a foreign network)."""
     if Path(path).suffix == ".pkl":
-        return load_edm_pickle(path, key=which, precond=precond)[0]
+        return load_edm_pickle(path, key=which, precond=precond)[0], {}
     if diffusers_dir(path) is not None:
         if precond is not None:
             raise UserError(f"{path}: a diffusers model keeps its own noise convention; drop "
                             f"the preconditioning override {precond!r}")
-        return load_diffusers_unet(path)
+        return load_diffusers_unet(path), {}
     meta = read_meta(path)
     if precond is not None:
         meta = {**meta, "precond": precond}
@@ -174,9 +187,7 @@ def load_network(path: str | Path, which: str = "ema",
     if missing or unexpected:
         raise UserError(f"{resolve(path)}: weights do not match the recorded architecture "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    if meta.get("kind") == "student":
-        net.generator_map = GeneratorMap.of_meta(meta)
-    return net.eval()
+    return net.eval(), meta
 
 
 def ema_copy(net: Denoiser) -> Denoiser:

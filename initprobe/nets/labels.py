@@ -112,7 +112,7 @@ def labels_onehot(net, spec: str | None, seeds=None, own: torch.Tensor | None = 
 
 class Bound:
     """A denoiser called with fixed labels: `Bound(net, y)(x, sigma) = net(x, sigma, y)`.
-    Other attributes are the network's (e.g. `generator_map`, `cfg`)."""
+    Other attributes are the network's (e.g. `cfg`)."""
 
     def __init__(self, net, onehot: torch.Tensor):
         self.net, self.onehot = net, onehot

@@ -50,8 +50,9 @@ from ..measure.analyses.activations import probe_activations, probe_many
 from ..measure.analyses.frequency import denoiser_spectra, mean_spectrum
 from ..measure.analyses.linear_probe import best_layer_accuracy
 from ..measure.analyses.linear_probe import probe_many as linear_probe_many
+from ..measure.analyses.profiles import ProbeOptions
 from ..measure.analyses.quality import quality_metrics, sample_batches, summarize, summarize_samples
-from ..measure.analyses.relfid import relfid_sweep
+from ..measure.analyses.relfid import RelFidOptions, relfid_sweep
 from ..measure.analyses.similarity import cka_diagonal
 from ..measure.metrics.spectrum import band_edges, band_error
 from ..runio import read_jsonl
@@ -115,8 +116,8 @@ def cka(sr, opts) -> dict[str, pd.DataFrame]:
     for label, seed, cfg in sr.items():
         for stage, net in (("before", ws.init_network(cfg)),
                            ("after", sr.network(label, seed))):
-            df = cka_diagonal(ws.teacher_net, net, images, opts["sigmas"], kernel=opts["kernel"],
-                              batch=128, run=label)
+            df = cka_diagonal(ws.teacher_net, net, images, ProbeOptions(opts["sigmas"], batch=128),
+                              opts["kernel"]).assign(run=label)
             detail.append(df.assign(seed=seed, stage=stage))
             records += rows(label, seed, {f"cka_{stage}": df["value"].mean()})
     return {"cka": table(records), "cka-layers": pd.concat(detail, ignore_index=True)}
@@ -152,9 +153,10 @@ def relfid(sr, opts) -> dict[str, pd.DataFrame]:
     steps, mids = [int(s) for s in opts["steps"]], [float(m) for m in opts["sigma_mid"]]
     records, detail = [], []
     for seed in sr.study.seeds:
-        student = sr.network(opts["arm"], seed)
-        df = relfid_sweep(ws.teacher_net, student, ws.data, extractor, steps, mids,
-                          ws.profile.measure["n"], step_sampler=opts["sampler"])
+        student = sr.generator(opts["arm"], seed)
+        df = relfid_sweep(ws.teacher_net, student, ws.data, extractor,
+                          RelFidOptions(steps, mids, ws.profile.measure["n"],
+                                        step_sampler=opts["sampler"]))
         detail.append(df.assign(seed=seed))
         for r in df.itertuples():
             group = {"steps": f"{opts['sampler']} steps", "sigma_mid": "two-step sigma_mid",
@@ -174,7 +176,8 @@ def probe(sr, opts) -> dict[str, pd.DataFrame]:
     ws = sr.ws
     records, detail = [], []
     for seed in sr.study.seeds:
-        df = probe_activations(ws.teacher_net, ws.real_images(), stat=opts["stat"], seed=seed)
+        df = probe_activations(ws.teacher_net, ws.real_images(), ProbeOptions(seed=seed),
+                               opts["stat"])
         detail.append(df.assign(run="teacher"))
         peaks = peak_sigmas(df, opts["stat"]).astype(float)
         records += rows("teacher", seed, {
@@ -195,7 +198,7 @@ def spectra(sr, opts) -> dict[str, pd.DataFrame]:
     for label, seed, cfg in sr.items():
         for group, net in ((f"{label}@init", ws.init_network(cfg)),
                            (label, sr.network(label, seed))):
-            _, power = mean_spectrum(sample_batches(net, n, "generator"))
+            _, power = mean_spectrum(sample_batches(net, n, cfg.gen_map))
             mismatch = band_error(power, data_power, edges)
             values = {f"band_mismatch_{b}": mismatch[b] for b in BANDS}
             records += rows(group, seed, {**values, "band_mismatch_mean":
@@ -230,10 +233,10 @@ def best_of_k(sr, opts) -> dict[str, pd.DataFrame]:
     ks, n, sigma = sorted({int(k) for k in opts["k"]}), ws.profile.measure["n"], opts["sigma"]
     records = []
     for seed in sr.study.seeds:
-        gen = sr.network(opts["arm"], seed)
+        gen, gen_map = sr.generator(opts["arm"], seed)
         estimator = run_estimator(sr.checkpoint(opts["arm"], seed)).to(ws.device)
         shape = ws.data.shape
-        x = generate(gen, latents(range(n * ks[-1]), shape, ws.device), "generator")
+        x = generate(gen, latents(range(n * ks[-1]), shape, ws.device), gen_map)
         d = ratio_logits(estimator, x, sigma).reshape(n, ks[-1])
         x = x.reshape(n, ks[-1], *shape)
 
@@ -257,9 +260,8 @@ def linear_probe(sr, opts) -> dict[str, pd.DataFrame]:
     records, detail = [], []
     for label, seed, cfg in sr.items():
         nets = {f"{label}@init": ws.init_network(cfg), label: sr.network(label, seed)}
-        df = linear_probe_many(nets, images, labels, sigmas=opts["sigmas"],
-                               classifier=opts["classifier"],
-                               test_fraction=opts["test_fraction"], seed=seed)
+        df = linear_probe_many(nets, images, labels, ProbeOptions(opts["sigmas"], seed=seed),
+                               opts["classifier"], opts["test_fraction"])
         acc = best_layer_accuracy(df)
         init, after = acc[f"{label}@init"], acc[label]
         records += rows(label, seed, {"probe_acc_init": init, "probe_acc_after": after,

@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 
 from ..data import Dataset, load_dataset
+from ..diffusion import Generator
 from ..errors import UserError
 from ..measure.analyses.quality import FeatureSummary, summarize_data
 from ..measure.features.extractors import Extractor, classifier_extractor
-from ..nets.io import latest_checkpoint, load_network, read_meta
+from ..nets.io import latest_checkpoint, load_generator, load_network, read_meta
 from ..train.loop import checkpoint_stem, pick_device, to_plain
 from ..train.onestep import OneStepConfig, build_generator, resolve_config, train_onestep
 from ..train.speed import Speed
@@ -200,11 +201,14 @@ class Workspace:
         return self.network(self.ensure_teacher())
 
     def init_network(self, cfg: OneStepConfig):
-        """The generator a run starts from (rebuilt deterministically from its config), with
-        the run's generator map so `generate(..., "generator")` samples it as trained."""
+        """The generator network a run starts from (rebuilt deterministically from its config);
+        `cfg.gen_map` is the map that samples it as trained."""
         net, _ = build_generator(cfg, self.teacher_net)
-        net.generator_map = cfg.gen_map
         return net.eval().requires_grad_(False)
+
+    def generator(self, path: str | Path) -> Generator:
+        """A trained run's generator network and map (`load_generator`) on the device."""
+        return load_generator(path).to(self.device)
 
 
 @dataclass
@@ -239,8 +243,12 @@ class StudyRuns:
         return stem
 
     def network(self, label: str, seed: int):
-        """The run's generator at the study's budget, on the device, in eval mode."""
+        """The run's generator network at the study's budget, on the device, in eval mode."""
         return self.ws.network(self.checkpoint(label, seed))
+
+    def generator(self, label: str, seed: int) -> Generator:
+        """The run's generator network and map at the study's budget, on the device."""
+        return self.ws.generator(self.checkpoint(label, seed))
 
     def train_all(self) -> None:
         """Train the teachers the runs need, then every run (finished runs are skipped)."""

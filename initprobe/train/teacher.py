@@ -12,7 +12,7 @@ before.
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -52,11 +52,12 @@ class TeacherConfig:
     sample_steps: int = 18          # Heun steps for the final sample grid
     labels: bool = False            # class-conditional (label_dim = the data's classes)
     label_dropout: float = DEFAULT_LABEL_DROPOUT   # with labels: P(sample shown unlabelled)
-    unet: dict = field(default_factory=dict)   # resolved architecture (filled in)
+    unet: dict = field(default_factory=dict)   # resolved architecture (`resolve_config`)
 
 
 def resolve_config(cfg: TeacherConfig) -> TeacherConfig:
-    """Fill in the architecture from the preset and the data; validates user options."""
+    """A copy of `cfg` with the image side `size` and the architecture `unet` filled in from
+    the preset and the data (`cfg` itself is left as it is); validates user options."""
     from ..errors import UserError
     if cfg.preset not in PRESETS:
         raise UserError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -93,11 +94,10 @@ def resolve_config(cfg: TeacherConfig) -> TeacherConfig:
     bad = [r for r in arch["attn_resolutions"] if r not in resolutions]
     if bad:
         raise UserError(f"--attn-res {bad}: the network's resolutions are {resolutions}")
-    cfg.size = h
     if cfg.labels:
         arch.update(label_dim=data.num_classes, label_dropout=cfg.label_dropout)
-    cfg.unet = UNetConfig(img_resolution=h, in_channels=c, out_channels=c, **arch).to_dict()
-    return cfg
+    unet = UNetConfig(img_resolution=h, in_channels=c, out_channels=c, **arch).to_dict()
+    return replace(cfg, size=h, unet=unet)
 
 
 def train_teacher(cfg: TeacherConfig, out: str, device: str = "auto",

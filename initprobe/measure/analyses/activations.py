@@ -9,7 +9,7 @@ The table has one row per (run, layer, sigma) with `metric` = the statistic, plu
 min-max normalized across sigma per layer (`metric="minmax"`), which is what GDD's figure shows.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import pandas as pd
 import torch
@@ -20,14 +20,7 @@ from ...errors import UserError
 from ...nets.labels import bind, cond_batches
 from ...schema import frame
 from ..features.hooks import capture
-from .profiles import (
-    DEFAULT_LAYERS,
-    default_sigmas,
-    fixed_noise,
-    layer_record,
-    select_layers,
-    with_minmax,
-)
+from .profiles import ProbeOptions, layer_record, with_minmax
 
 STATS = ("mean_abs", "rms")
 
@@ -41,22 +34,21 @@ def _per_image(stat: str):
 
 
 @torch.no_grad()
-def probe_activations(net: nn.Module, images: torch.Tensor, sigmas: Sequence[float] | None = None,
-                      layers: str | Sequence[str] = DEFAULT_LAYERS, stat: str = "mean_abs",
-                      seed: int = 0, batch: int = 256, progress: bool = False,
+def probe_activations(net: nn.Module, images: torch.Tensor,
+                      options: ProbeOptions = ProbeOptions(), stat: str = "mean_abs",
                       cond: torch.Tensor | None = None) -> pd.DataFrame:
-    """The activation statistic of each layer at each sigma (default `default_sigmas()`),
-    averaged over `images` [N, C, H, W] on the network's device; long-form table (schema
-    columns, `seed` filled, `run` empty), layers in network order, sigma ascending. `cond`:
-    one-hot labels of the images for a class-conditional network."""
+    """The activation statistic of each layer at each sigma of `options`, averaged over
+    `images` [N, C, H, W] on the network's device; long-form table (schema columns, `seed`
+    filled, `run` empty), layers in network order, sigma ascending. `cond`: one-hot labels of
+    the images for a class-conditional network."""
     reduce = _per_image(stat)
-    ids = select_layers(net, layers)
-    sigmas = default_sigmas() if sigmas is None else sorted(float(s) for s in sigmas)
+    ids = options.layer_ids(net)
     device = next(net.parameters()).device
     images = images.to(device)
-    noise = fixed_noise(images, seed)
+    noise = options.noise(images)
+    batch = options.batch
     records = []
-    for sigma in tqdm(sigmas, desc="sigma", disable=not progress):
+    for sigma in tqdm(options.grid(), desc="sigma", disable=not options.progress):
         with capture(net, ids, reduce=reduce) as got:
             for x, n, y in zip(images.split(batch), noise.split(batch),
                                cond_batches(cond, batch)):
@@ -64,16 +56,17 @@ def probe_activations(net: nn.Module, images: torch.Tensor, sigmas: Sequence[flo
         for layer in ids:
             value = torch.cat(got[layer]).mean().item()
             records.append(layer_record(layer, sigma, stat, value))
-    return with_minmax(frame(records, seed=seed), stat)
+    return with_minmax(frame(records, seed=options.seed), stat)
 
 
 def probe_many(nets: Mapping[str, nn.Module], images: torch.Tensor,
-               cond: Mapping[str, torch.Tensor | None] | None = None, **kwargs) -> pd.DataFrame:
+               options: ProbeOptions = ProbeOptions(), stat: str = "mean_abs",
+               cond: Mapping[str, torch.Tensor | None] | None = None) -> pd.DataFrame:
     """`probe_activations` for each labelled network (same images, sigmas and noise), with
     `run` = label; `cond`: label -> one-hot class labels of a conditional network."""
     tables = []
     for label, net in nets.items():
-        df = probe_activations(net, images, cond=(cond or {}).get(label), **kwargs)
+        df = probe_activations(net, images, options, stat, (cond or {}).get(label))
         df["run"] = label
         tables.append(df)
     return pd.concat(tables, ignore_index=True)

@@ -26,6 +26,7 @@ a `target` column.
 """
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -38,14 +39,7 @@ from ...nets.labels import bind, cond_batches
 from ...nets.precond import SIGMA_DATA
 from ...schema import frame
 from ..features.hooks import modules_by_id
-from .profiles import (
-    DEFAULT_LAYERS,
-    default_sigmas,
-    fixed_noise,
-    layer_record,
-    select_layers,
-    with_minmax,
-)
+from .profiles import ProbeOptions, layer_record, with_minmax
 
 METHODS = ("conductance", "grad_x_act")
 TARGETS = ("loss", "projection")
@@ -110,46 +104,61 @@ def layer_attributions(forward: Callable, noisy: torch.Tensor, clean: torch.Tens
             for i, m in modules.items()}
 
 
-def attribute(net: nn.Module, images: torch.Tensor, sigmas: Sequence[float] | None = None,
-              layers: str | Sequence[str] = DEFAULT_LAYERS, method: str = "conductance",
-              target: str = "loss", seed: int = 0, batch: int = 64,
-              internal_batch_size: int | None = None, n_steps: int = 50,
-              baseline: str = "mean", progress: bool = False,
-              cond: torch.Tensor | None = None) -> pd.DataFrame:
-    """Mean |attribution| of each layer at each sigma (default `default_sigmas()`) for `images`
-    [N, C, H, W] on the network's device (one-hot class labels `cond` for a conditional
-    network); long-form table, layers in network order.
+@dataclass(frozen=True)
+class AttributionOptions:
+    """What is attributed and how (module docstring): the captum `method`, the per-example
+    `target`, and for conductance the `baseline`, the path points `n_steps` and captum's bound
+    on inputs per pass `internal_batch_size` (None: no bound)."""
 
-    Examples go through in chunks of `batch`; for conductance a chunk is at most
+    method: str = "conductance"
+    target: str = "loss"
+    baseline: str = "mean"
+    n_steps: int = 50
+    internal_batch_size: int | None = None
+
+    def __post_init__(self):
+        _check(self.method, METHODS, "attribution method")
+        _check(self.target, TARGETS, "attribution target")
+        _check(self.baseline, BASELINES, "baseline")
+
+
+DEFAULT_PROBE = ProbeOptions(batch=64)  # attribution's default probe: 64 examples per chunk
+
+
+def attribute(net: nn.Module, images: torch.Tensor, options: ProbeOptions = DEFAULT_PROBE,
+              how: AttributionOptions = AttributionOptions(),
+              cond: torch.Tensor | None = None) -> pd.DataFrame:
+    """Mean |attribution| of each layer at each sigma of `options` for `images` [N, C, H, W]
+    on the network's device (one-hot class labels `cond` for a conditional network);
+    long-form table, layers in network order.
+
+    Examples go through in chunks of `options.batch`; for conductance a chunk is at most
     `internal_batch_size // 2` examples, so that captum (which needs two path points per
     example in a pass) holds at most `internal_batch_size` inputs per pass.
     """
-    _check(method, METHODS, "attribution method")
-    _check(target, TARGETS, "attribution target")
-    _check(baseline, BASELINES, "baseline")
-    modules = modules_by_id(net, select_layers(net, layers))
-    sigmas = default_sigmas() if sigmas is None else sorted(float(s) for s in sigmas)
-    if method == "conductance" and internal_batch_size is not None:
-        batch = min(batch, max(1, internal_batch_size // 2))
+    modules = modules_by_id(net, options.layer_ids(net))
+    batch = options.batch
+    if how.method == "conductance" and how.internal_batch_size is not None:
+        batch = min(batch, max(1, how.internal_batch_size // 2))
     device = next(net.parameters()).device
     images = images.to(device)
-    noise = fixed_noise(images, seed)
-    u = direction(images.shape[1:], seed) if target == "projection" else None
-    metric = f"attr_{method}"
+    noise = options.noise(images)
+    u = direction(images.shape[1:], options.seed) if how.target == "projection" else None
+    metric = f"attr_{how.method}"
     records = []
-    for sigma in tqdm(sigmas, desc="sigma", disable=not progress):
-        forward = target_function(net, sigma, target, u)
+    for sigma in tqdm(options.grid(), desc="sigma", disable=not options.progress):
+        forward = target_function(net, sigma, how.target, u)
         noisy = images + sigma * noise
-        y0 = torch.zeros_like(noisy) if baseline == "zero" else \
+        y0 = torch.zeros_like(noisy) if how.baseline == "zero" else \
             noisy.mean(0, keepdim=True).expand_as(noisy)
         total = dict.fromkeys(modules, 0.0)
         count = dict.fromkeys(modules, 0)
         for y, x, b, c in zip(noisy.split(batch), images.split(batch), y0.split(batch),
                               cond_batches(cond, batch)):
-            attrs = layer_attributions(forward, y, x, modules, method, b, n_steps,
-                                       internal_batch_size, c)
+            attrs = layer_attributions(forward, y, x, modules, how.method, b, how.n_steps,
+                                       how.internal_batch_size, c)
             for i, a in attrs.items():
                 total[i] += a.abs().double().sum().item()
                 count[i] += a.numel()
         records += [layer_record(i, sigma, metric, total[i] / count[i]) for i in modules]
-    return with_minmax(frame(records, seed=seed, target=target), metric)
+    return with_minmax(frame(records, seed=options.seed, target=how.target), metric)

@@ -19,16 +19,17 @@ Tables follow the shared schema (run = network label or `data`, sigma, metric, v
 the extra columns `source`, `freq` (power rows) and `band` (band rows).
 """
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
 import torch
 
+from ...diffusion import Generator
 from ...errors import UserError
 from ...nets.labels import bind, class_labels, cond_batches
 from ...schema import frame
 from ..metrics.spectrum import band_edges, band_error, band_power, radial_power_spectrum
-from .profiles import default_sigmas, fixed_noise
+from .profiles import ProbeOptions
 from .quality import sample_batches
 
 
@@ -65,19 +66,17 @@ def _power_rows(freqs, power, **cols) -> list[dict]:
 
 
 @torch.no_grad()
-def denoiser_spectra(net, images: torch.Tensor, sigmas: Sequence[float] | None = None,
-                     seed: int = 0, batch: int = 256, run: str = "",
-                     cond: torch.Tensor | None = None) -> pd.DataFrame:
-    """Spectra of D(x + sigma n; sigma) and of its error D - x on `images` at each sigma, and the
-    per-band relative error; `net(y, sigma)` runs on the images' device (with the one-hot class
-    labels `cond` for a conditional network)."""
-    sigmas = default_sigmas() if sigmas is None else sorted(float(s) for s in sigmas)
-    noise = fixed_noise(images, seed)
+def denoiser_spectra(net, images: torch.Tensor, options: ProbeOptions = ProbeOptions(),
+                     run: str = "", cond: torch.Tensor | None = None) -> pd.DataFrame:
+    """Spectra of D(x + sigma n; sigma) and of its error D - x on `images` at each sigma of
+    `options` (its layers are not used), and the per-band relative error; `net(y, sigma)` runs
+    on the images' device (with the one-hot class labels `cond` for a conditional network)."""
+    noise, batch = options.noise(images), options.batch
     freqs, data_power = mean_spectrum(images.split(batch))
     edges = band_edges(len(freqs))
     data_bands = band_power(data_power, edges)
     records = []
-    for sigma in sigmas:
+    for sigma in options.grid():
         out, err = SpectrumMean(), SpectrumMean()
         for x, n, y in zip(images.split(batch), noise.split(batch), cond_batches(cond, batch)):
             d = bind(net, y)(x + sigma * n, sigma).float()
@@ -88,17 +87,18 @@ def denoiser_spectra(net, images: torch.Tensor, sigmas: Sequence[float] | None =
         for band, value in band_power(err.power, edges).items():
             records.append({"source": "error", "sigma": sigma, "band": band,
                             "metric": "rel_error", "value": value / data_bands[band]})
-    return frame(records, run=run, seed=seed)
+    return frame(records, run=run, seed=options.seed)
 
 
-def sample_spectra(net, data_power: torch.Tensor, n: int = 512, heun_steps: int = 18,
+def sample_spectra(gen: Generator, data_power: torch.Tensor, n: int = 512, heun_steps: int = 18,
                    batch: int = 256, run: str = "") -> pd.DataFrame:
-    """Spectra of the network's `one-step` and `heun` samples (seeds 0 .. n-1; a conditional
-    network's classes drawn uniformly per seed) and their per-band mismatch to `data_power`."""
-    edges = band_edges(len(data_power))
+    """Spectra of the `one-step` samples of `gen` (its network through its map) and of its
+    network's `heun` samples (seeds 0 .. n-1; a conditional network's classes drawn uniformly
+    per seed), and their per-band mismatch to `data_power`."""
+    net, edges = gen.net, band_edges(len(data_power))
     records = []
     y = class_labels(net, None, range(n))
-    for source, sampler, steps in (("one-step", "generator", 1), ("heun", "heun", heun_steps)):
+    for source, sampler, steps in (("one-step", gen.map, 1), ("heun", "heun", heun_steps)):
         freqs, power = mean_spectrum(sample_batches(net, n, sampler, steps, batch=batch,
                                                     labels=y))
         records += _power_rows(freqs, power, source=source)
@@ -107,17 +107,20 @@ def sample_spectra(net, data_power: torch.Tensor, n: int = 512, heun_steps: int 
     return frame(records, run=run)
 
 
-def spectrum_analysis(nets: Mapping[str, object], images: torch.Tensor, n_samples: int = 512,
-                      heun_steps: int = 18, sigmas: Sequence[float] | None = None, seed: int = 0,
-                      batch: int = 256,
+def spectrum_analysis(gens: Mapping[str, Generator], images: torch.Tensor,
+                      options: ProbeOptions = ProbeOptions(), n_samples: int = 512,
+                      heun_steps: int = 18,
                       cond: Mapping[str, torch.Tensor | None] | None = None) -> pd.DataFrame:
-    """The data spectrum, then for each labelled network its sample spectra and denoiser
-    spectra (module docstring), in one long-form table; `images` on the networks' device;
-    `cond`: label -> one-hot class labels of the images for a conditional network."""
+    """The data spectrum, then for each labelled generator (`nets.io.load_generator`) its
+    sample spectra and its network's denoiser spectra (module docstring; `options.batch` images
+    per pass for both), in one long-form table; `images` on the networks' device; `cond`:
+    label -> one-hot class labels of the images for a conditional network."""
+    batch = options.batch
     freqs, data_power = mean_spectrum(images.split(batch))
-    tables = [frame(_power_rows(freqs, data_power, source="data"), run="data", seed=seed)]
-    for label, net in nets.items():
-        tables.append(sample_spectra(net, data_power, n_samples, heun_steps, batch, label))
-        tables.append(denoiser_spectra(net, images, sigmas, seed, batch, label,
+    tables = [frame(_power_rows(freqs, data_power, source="data"), run="data",
+                    seed=options.seed)]
+    for label, gen in gens.items():
+        tables.append(sample_spectra(gen, data_power, n_samples, heun_steps, batch, label))
+        tables.append(denoiser_spectra(gen.net, images, options, label,
                                        (cond or {}).get(label)))
     return pd.concat(tables, ignore_index=True)

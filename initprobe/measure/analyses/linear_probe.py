@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ...errors import UserError
 from ...schema import frame
 from ..features.hooks import capture
-from .profiles import DEFAULT_LAYERS, default_sigmas, fixed_noise, layer_record, select_layers
+from .profiles import ProbeOptions, layer_record
 
 CLASSIFIERS = ("ridge", "logistic")
 ALPHAS = np.logspace(-3, 3, 13)
@@ -110,28 +110,26 @@ def chance_accuracy(labels: np.ndarray, train: np.ndarray, test: np.ndarray) -> 
 
 
 def linear_probe(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 sigmas: Sequence[float] | None = None,
-                 layers: str | Sequence[str] = DEFAULT_LAYERS,
-                 classifier: str = "ridge", seed: int = 0, test_fraction: float = 0.5,
-                 batch: int = 256, progress: bool = False) -> pd.DataFrame:
+                 options: ProbeOptions = ProbeOptions(), classifier: str = "ridge",
+                 test_fraction: float = 0.5) -> pd.DataFrame:
     """Probe accuracies of `net` on `images` [N, C, H, W] with integer `labels` [N] (module
-    docstring); sigmas default to `default_sigmas()`, layers to the blocks' last convs. Long
-    form (schema columns, `seed` filled, `run` empty), layers in network order, sigma
-    ascending."""
+    docstring) at the sigmas and layers of `options` (whose seed also splits the images and
+    seeds the classifier). Long form (schema columns, `seed` filled, `run` empty), layers in
+    network order, sigma ascending."""
     if len(images) != len(labels):
         raise UserError(f"{len(images)} images but {len(labels)} labels; give one label per "
                         f"image")
+    seed = options.seed
     make_classifier(classifier, seed)  # an unknown classifier fails before any forward pass
-    ids = select_layers(net, layers)
-    sigmas = default_sigmas() if sigmas is None else sorted(float(s) for s in sigmas)
+    ids = options.layer_ids(net)
     y = labels.cpu().numpy().astype(np.int64)
     train, test = split(y, test_fraction, seed)
     device = next(net.parameters()).device
     images = images.to(device)
-    noise = fixed_noise(images, seed)
+    noise = options.noise(images)
     records = [{"metric": "chance", "value": chance_accuracy(y, train, test)}]
-    for sigma in tqdm(sigmas, desc="sigma", disable=not progress):
-        features = pooled_features(net, images, noise, sigma, ids, batch)
+    for sigma in tqdm(options.grid(), desc="sigma", disable=not options.progress):
+        features = pooled_features(net, images, noise, sigma, ids, options.batch)
         for layer in ids:
             scores = fit_score(features[layer], y, train, test, classifier, seed)
             records += [layer_record(layer, sigma, k, v) for k, v in scores.items()]
@@ -139,11 +137,12 @@ def linear_probe(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def probe_many(nets: Mapping[str, nn.Module], images: torch.Tensor, labels: torch.Tensor,
-               **kwargs) -> pd.DataFrame:
+               options: ProbeOptions = ProbeOptions(), classifier: str = "ridge",
+               test_fraction: float = 0.5) -> pd.DataFrame:
     """`linear_probe` for each labelled network (same images, split, sigmas and noise), with
     `run` = label."""
-    tables = [linear_probe(net, images, labels, **kwargs).assign(run=label)
-              for label, net in nets.items()]
+    tables = [linear_probe(net, images, labels, options, classifier, test_fraction)
+              .assign(run=label) for label, net in nets.items()]
     return pd.concat(tables, ignore_index=True)
 
 

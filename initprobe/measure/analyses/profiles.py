@@ -1,5 +1,6 @@
 """What the per-layer, per-noise-level probes share: the sigma grid, the layer selection, the
-fixed noise, and the min-max normalization across sigma.
+fixed noise, and the min-max normalization across sigma; `ProbeOptions` carries the first three
+(with the batch size and a progress bar) to every analysis.
 
 - Sigma grid: EDM's 18-level Karras grid plus sigma_max = 80 (already its first level, so the
   union is 18 levels), ascending.
@@ -14,6 +15,7 @@ fixed noise, and the min-max normalization across sigma.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -46,6 +48,37 @@ def select_layers(net: nn.Module, layers: str | Sequence[str]) -> list[str]:
                         f"decoder, or at least one layer id")
     wanted = modules_by_id(net, layers)
     return [i for i in named_layers(net) if i in wanted]
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """Where and how an analysis probes a network: the noise levels (`None`: `default_sigmas()`),
+    the layers (a selector spec or a list of ids, `select_layers`), the noise seed, the images
+    per forward pass and whether to show a progress bar over sigma."""
+
+    sigmas: Sequence[float] | None = None
+    layers: str | Sequence[str] = DEFAULT_LAYERS
+    seed: int = 0
+    batch: int = 256
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.sigmas is not None:
+            object.__setattr__(self, "sigmas", tuple(self.sigmas))
+        if not isinstance(self.layers, str):
+            object.__setattr__(self, "layers", tuple(self.layers))
+
+    def grid(self) -> list[float]:
+        """The noise levels, ascending."""
+        return default_sigmas() if self.sigmas is None else sorted(float(s) for s in self.sigmas)
+
+    def layer_ids(self, net: nn.Module) -> list[str]:
+        """The selected layers of `net`, canonical ids in network order."""
+        return select_layers(net, self.layers)
+
+    def noise(self, images: torch.Tensor) -> torch.Tensor:
+        """`fixed_noise(images, seed)`."""
+        return fixed_noise(images, self.seed)
 
 
 def fixed_noise(images: torch.Tensor, seed: int) -> torch.Tensor:

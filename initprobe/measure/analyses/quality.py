@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ...data import Dataset
-from ...diffusion import SAMPLERS, generate, latents
+from ...diffusion import NAMED_SAMPLERS, GeneratorMap, generate, latents
 from ...errors import UserError
 from ...nets.labels import class_labels, label_dim, one_hot
 from ...runio import atomic_save_npz
@@ -134,14 +134,16 @@ def summarize(extractor: Extractor, batches: Iterable[torch.Tensor], keep: int =
     return summary
 
 
-def sample_batches(net, n: int, sampler: str = "heun", steps: int = 18, sigma_mid: float = 2.0,
-                   batch: int = 256, first_seed: int = 0,
+def sample_batches(net, n: int, sampler: str | GeneratorMap = "heun", steps: int = 18,
+                   sigma_mid: float = 2.0, batch: int = 256, first_seed: int = 0,
                    labels: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Generate images for seeds first_seed .. first_seed + n - 1, `batch` at a time, on the
-    network's device. Image i depends only on its seed (and class `labels[i]` of a conditional
-    network), so two networks see the same latents."""
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    network's device, with a named sampler or a generator map (`diffusion.generate`). Image i
+    depends only on its seed (and class `labels[i]` of a conditional network), so two networks
+    see the same latents."""
+    if not isinstance(sampler, GeneratorMap) and sampler not in NAMED_SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of "
+                        f"{', '.join(NAMED_SAMPLERS)} or the checkpoint's generator map")
     if n < 2 or batch < 1:
         raise UserError(f"need n >= 2 samples and batch >= 1, got n={n}, batch={batch}")
     device = next(net.parameters()).device
@@ -153,8 +155,8 @@ def sample_batches(net, n: int, sampler: str = "heun", steps: int = 18, sigma_mi
         yield generate(net, latents(seeds, shape, device), sampler, steps, sigma_mid, batch, y)
 
 
-def summarize_samples(extractor: Extractor, net, n: int, sampler: str = "heun", steps: int = 18,
-                      sigma_mid: float = 2.0, batch: int = 256,
+def summarize_samples(extractor: Extractor, net, n: int, sampler: str | GeneratorMap = "heun",
+                      steps: int = 18, sigma_mid: float = 2.0, batch: int = 256,
                       labels: str | None = None) -> FeatureSummary:
     """Feature summary of `n` samples of `net` (seeds 0 .. n-1; `labels`: a labels spec for a
     conditional network, see `nets.labels`)."""

@@ -19,10 +19,12 @@ steps, sigma_mid, nfe, n, network, metric (`abs_fd` or `rel_fd`), value.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 
 from ...data import Dataset
+from ...diffusion import Generator
 from ...errors import UserError
 from ...schema import frame
 from ..features.extractors import Extractor
@@ -52,25 +54,38 @@ def _configs(steps: Sequence[int], sigma_mids: Sequence[float], step_sampler: st
     return stepped + two
 
 
-def relfid_sweep(teacher, student, data: Dataset, feature_net: Extractor,
-                 steps: Sequence[int] = (2, 4, 6, 8, 10),
-                 sigma_mids: Sequence[float] = (0.2, 0.5, 0.8, 2, 5), n: int = 1000,
-                 batch: int = 256, step_sampler: str = "heun") -> pd.DataFrame:
+@dataclass(frozen=True)
+class RelFidOptions:
+    """The teacher's sampler configurations (module docstring): the Karras-grid levels `steps`
+    of `step_sampler`, the two-step map's `sigma_mids`; `n` samples per configuration (seeds
+    0 .. n-1), `batch` images per pass."""
+
+    steps: Sequence[int] = (2, 4, 6, 8, 10)
+    sigma_mids: Sequence[float] = (0.2, 0.5, 0.8, 2, 5)
+    n: int = 1000
+    batch: int = 256
+    step_sampler: str = "heun"
+
+
+def relfid_sweep(teacher, student: Generator, data: Dataset, feature_net: Extractor,
+                 options: RelFidOptions = RelFidOptions()) -> pd.DataFrame:
     """abs and rel Frechet distances of the teacher's sampler configurations (module docstring).
 
-    `teacher` and `student` are denoisers D(x; sigma) on the same device as `feature_net`."""
-    for name, net in (("teacher", teacher), ("student", student)):
+    `teacher` is a denoiser D(x; sigma) and `student` a `Generator` (network and map, as
+    `nets.io.load_generator` returns it), both on the same device as `feature_net`."""
+    n, batch = options.n, options.batch
+    for name, net in (("teacher", teacher), ("student", student.net)):
         if (net.cfg.in_channels, net.cfg.img_resolution, net.cfg.img_resolution) != data.shape:
             raise UserError(f"the {name} makes {net.cfg.in_channels}x{net.cfg.img_resolution}^2 "
                             f"images but {data.name} has shape {data.shape}; pick matching data")
     reference = summarize_data(feature_net, data, batch=batch)
-    student_s = summarize_samples(feature_net, student, n, "generator", batch=batch)
+    student_s = summarize_samples(feature_net, student.net, n, student.map, batch=batch)
     records = [dict(run="student one-step", sweep="baseline", sampler="one-step", steps=1,
                     sigma_mid=float("nan"), nfe=1, metric="abs_fd",
                     value=distance(student_s, reference))]
     teacher_one = dict(run="teacher one-step", sweep="baseline", sampler="one-step", steps=1,
                        sigma_mid=float("nan"), nfe=1)
-    for cfg in [teacher_one] + _configs(steps, sigma_mids, step_sampler):
+    for cfg in [teacher_one] + _configs(options.steps, options.sigma_mids, options.step_sampler):
         s = summarize_samples(feature_net, teacher, n, cfg["sampler"], cfg["steps"],
                               cfg["sigma_mid"], batch)
         records.append({**cfg, "metric": "abs_fd", "value": distance(s, reference)})

@@ -7,16 +7,16 @@ minibatches of nearly equal size; each layer's output is flattened per image and
 `MinibatchCKA` (unbiased HSIC summed over minibatches), so the number of images is not limited
 by memory: memory is O(L b^2) for L layers and minibatch size b.
 
-- `cka_matrix(net_a, net_b, images, sigma)`: layer x layer matrix at one noise level, rows
-  A's layers, columns B's (the two networks may differ in architecture).
-- `cka_diagonal(net_a, net_b, images, sigmas)`: CKA of each layer with the same layer of the
-  other network, at every sigma (default: the 18-level grid of `profiles.default_sigmas`).
+- `cka_matrix(net_a, net_b, images, sigma, options)`: layer x layer matrix at one noise level,
+  rows A's layers, columns B's (the two networks may differ in architecture).
+- `cka_diagonal(net_a, net_b, images, options)`: CKA of each layer with the same layer of the
+  other network, at every sigma of `options` (default: the 18-level grid of
+  `profiles.default_sigmas`).
 
-Long-form tables: run (`"A vs B"`), layer (A's layer, with side/res/block/sublayer), layer_b (B's
-layer), sigma, metric (`cka_linear` or `cka_rbf`), value, seed.
+Long-form tables: run (left empty for the caller to name the pair, e.g. `"A vs B"`), layer (A's
+layer, with side/res/block/sublayer), layer_b (B's layer), sigma, metric (`cka_linear` or
+`cka_rbf`), value, seed.
 """
-
-from collections.abc import Sequence
 
 import pandas as pd
 import torch
@@ -27,7 +27,7 @@ from ...nets.labels import bind
 from ...schema import frame
 from ..features.hooks import capture
 from ..metrics.cka import MinibatchCKA
-from .profiles import DEFAULT_LAYERS, default_sigmas, fixed_noise, layer_record, select_layers
+from .profiles import ProbeOptions, layer_record, select_layers
 
 
 def _activations(net: nn.Module, ids: list[str], y: torch.Tensor, sigma: float,
@@ -63,45 +63,43 @@ def _accumulate(net_a, ids_a, net_b, ids_b, images, noise, sigma, batch, kernel,
     return mb.compute()
 
 
-def _inputs(net_a, images, seed):
+def _inputs(net_a, images, options: ProbeOptions):
     device = next(net_a.parameters()).device
     images = images.to(device)
-    return images, fixed_noise(images, seed)
+    return images, options.noise(images)
 
 
 def cka_matrix(net_a: nn.Module, net_b: nn.Module, images: torch.Tensor, sigma: float = 0.5,
-               layers: str | Sequence[str] = DEFAULT_LAYERS, kernel: str = "linear",
-               batch: int = 256, seed: int = 0, run: str = "A vs B",
+               options: ProbeOptions = ProbeOptions(), kernel: str = "linear",
                cond=(None, None)) -> pd.DataFrame:
-    """Layer x layer minibatch CKA at noise level `sigma`; rows in network order (A's layers
-    outer, B's inner). Both networks must be on the same device. `cond`: the one-hot class
-    labels A and B see (None for an unconditional network)."""
-    ids_a, ids_b = select_layers(net_a, layers), select_layers(net_b, layers)
-    images, noise = _inputs(net_a, images, seed)
-    m = _accumulate(net_a, ids_a, net_b, ids_b, images, noise, float(sigma), batch, kernel,
-                    cond)
+    """Layer x layer minibatch CKA at noise level `sigma` (the sigmas of `options` are not
+    used); rows in network order (A's layers outer, B's inner); `run` left empty. Both networks
+    must be on the same device. `cond`: the one-hot class labels A and B see (None for an
+    unconditional network)."""
+    ids_a, ids_b = options.layer_ids(net_a), options.layer_ids(net_b)
+    images, noise = _inputs(net_a, images, options)
+    m = _accumulate(net_a, ids_a, net_b, ids_b, images, noise, float(sigma), options.batch,
+                    kernel, cond)
     records = [{**layer_record(a, float(sigma), f"cka_{kernel}", float(m[i, j])), "layer_b": b}
                for i, a in enumerate(ids_a) for j, b in enumerate(ids_b)]
-    return frame(records, run=run, seed=seed)
+    return frame(records, seed=options.seed)
 
 
 def cka_diagonal(net_a: nn.Module, net_b: nn.Module, images: torch.Tensor,
-                 sigmas: Sequence[float] | None = None,
-                 layers: str | Sequence[str] = DEFAULT_LAYERS, kernel: str = "linear",
-                 batch: int = 256, seed: int = 0, run: str = "A vs B",
+                 options: ProbeOptions = ProbeOptions(), kernel: str = "linear",
                  cond=(None, None)) -> pd.DataFrame:
-    """CKA of each layer of A with the same layer of B at each sigma (ascending); the layer ids
-    must exist in both networks. `cond` as in `cka_matrix`."""
-    ids = select_layers(net_a, layers)
+    """CKA of each layer of A with the same layer of B at each sigma of `options` (ascending);
+    the layer ids must exist in both networks; `run` left empty. `cond` as in `cka_matrix`."""
+    ids = options.layer_ids(net_a)
     missing = [i for i in ids if i not in select_layers(net_b, "all")]
     if missing:
         raise UserError(f"layers {missing[:3]} of the first network are not in the second; "
                         f"matched-layer CKA needs the same architecture (use the CKA matrix)")
-    sigmas = default_sigmas() if sigmas is None else sorted(float(s) for s in sigmas)
-    images, noise = _inputs(net_a, images, seed)
+    images, noise = _inputs(net_a, images, options)
     records = []
-    for sigma in sigmas:
-        m = _accumulate(net_a, ids, net_b, ids, images, noise, sigma, batch, kernel, cond)
+    for sigma in options.grid():
+        m = _accumulate(net_a, ids, net_b, ids, images, noise, sigma, options.batch, kernel,
+                        cond)
         records += [{**layer_record(i, sigma, f"cka_{kernel}", float(m[k, k])), "layer_b": i}
                     for k, i in enumerate(ids)]
-    return frame(records, run=run, seed=seed)
+    return frame(records, seed=options.seed)

@@ -15,7 +15,7 @@ from initprobe.measure.analyses.quality import (
     summarize_samples,
 )
 from initprobe.measure.analyses.relfid import RelFidOptions, relfid_sweep
-from initprobe.measure.features.classifier import FeatureNet, cache_dir
+from initprobe.measure.features.classifier import FeatureNet, cache_dir, load_or_train
 from initprobe.measure.features.extractors import Extractor, make_extractor, weights_hash
 from initprobe.measure.features.inception import (
     FEATURE_DIM,
@@ -215,3 +215,15 @@ def test_inception_bad_files_are_user_errors(tmp_path):
         load_inception(tmp_path / "junk.pth")
     with pytest.raises(UserError, match="unknown feature network"):
         make_extractor("vgg", None)
+
+
+def test_the_callers_random_state_does_not_depend_on_a_cached_classifier(tmp_path, monkeypatch):
+    """A run that trains the classifier (first use) draws what one that finds it cached draws."""
+    monkeypatch.setenv("INITPROBE_CACHE", str(tmp_path))
+    data = load_dataset("digits", None, "train", 8)
+    draws = []
+    for _ in range(2):  # trained and cached, then found in the cache
+        torch.manual_seed(3)
+        load_or_train(data, steps=5, progress=False)
+        draws.append(torch.rand(4))
+    assert (tmp_path / "features").is_dir() and torch.equal(draws[0], draws[1])

@@ -86,13 +86,15 @@ def train_feature_net(train: Dataset, test: Dataset | None = None, steps: int = 
 
 def load_or_train(train: Dataset, test: Dataset | None = None, steps: int = STEPS, seed: int = 0,
                   progress: bool = True) -> tuple[FeatureNet, dict]:
-    """The cached classifier for this data, training and caching it on first use."""
+    """The cached classifier for this data, training and caching it on first use. The caller's
+    random state afterwards is the same either way: the training draws on a forked one."""
     stem = cache_dir() / "features" / _key(train, steps, seed)
     net = FeatureNet(train.shape[0], train.num_classes)
     if stem.with_suffix(".json").exists() and stem.with_suffix(".safetensors").exists():
         net.load_state_dict(load_file(stem.with_suffix(".safetensors")))
         return net.eval(), json.loads(stem.with_suffix(".json").read_text())
-    net, acc = train_feature_net(train, test, steps, seed=seed, progress=progress)
+    with torch.random.fork_rng(devices=[]):
+        net, acc = train_feature_net(train, test, steps, seed=seed, progress=progress)
     st = {k: v.contiguous() for k, v in net.state_dict().items()}
     atomic_save(stem.with_suffix(".safetensors"), lambda tmp: save_file(st, tmp))
     meta = {"network": "classifier", "data": train.name, "shape": list(train.shape),

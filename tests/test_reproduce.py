@@ -71,6 +71,28 @@ def test_bad_profiles_and_selections(tmp_path):
         load_studies(folder, load_profile(folder, "mini", "x.npz"), ["C7"])
 
 
+def test_a_teachers_fixed_thread_count_is_checked_keyed_and_used(tmp_path, monkeypatch):
+    folder = write_experiments(tmp_path)
+    plain = Workspace(load_profile(folder, "mini"), tmp_path / "out", "cpu")
+    for bad in ("0", "1.5", '"2"'):
+        (folder / "profiles.toml").write_text(MINI_PROFILE.replace(
+            'preset = "tiny"', f'preset = "tiny"\nthreads = {bad}'))
+        with pytest.raises(UserError, match="mini.teacher.threads: must be an integer >= 1"):
+            load_profile(folder, "mini")
+    (folder / "profiles.toml").write_text(MINI_PROFILE.replace(
+        'preset = "tiny"', 'preset = "tiny"\nthreads = 2'))
+    ws = Workspace(load_profile(folder, "mini"), tmp_path / "out", "cpu")
+    assert ws.teacher_threads() == 2 and plain.teacher_threads() is None
+    assert ws.teacher_config() == plain.teacher_config()      # not a training option ...
+    assert ws.teacher_dir() != plain.teacher_dir()            # ... but part of the folder key
+    seen = []
+    monkeypatch.setattr("initprobe.reproduce.workspace.train_teacher",
+                        lambda *a, **k: seen.append(torch.get_num_threads()))
+    torch.set_num_threads(1)
+    ws.ensure_teacher()
+    assert seen == [2] and torch.get_num_threads() == 1      # trained at 2, then restored
+
+
 # ---- verdict rules -----------------------------------------------------------------------
 
 def measured(groups: dict) -> Measured:

@@ -2,7 +2,9 @@
 
 profiles.toml has one table per profile (`quick`, `mnist`, ...):
 - `data`, `data_path` (the CLI's `--data-path` overrides it);
-- `teacher`: `TeacherConfig` options of the teacher every student starts from, or
+- `teacher`: `TeacherConfig` options of the teacher every student starts from (and `threads`:
+  the torch threads it trains with whatever `--threads` says, part of its folder key; with
+  `--jobs` it takes that many of the worker slots), or
   `checkpoint` alone: a given network file (an EDM `.pkl`, a run folder, ...), not trained (the
   CLI's `--teacher` sets it);
 - `other_teacher` (optional): the transfer source, a teacher trained on other data with the same
@@ -46,7 +48,8 @@ from .rules import RULES, SIGNS, rule_metrics
 PROFILES_FILE = "profiles.toml"
 RUN_KEYS = run_keys()
 STUDENT_KEYS = student_keys()
-TEACHER_KEYS = tuple(f.name for f in fields(TeacherConfig) if f.name not in ("unet",))
+THREADS = "threads"    # a teacher's torch threads, whatever --threads says (its folder key)
+TEACHER_KEYS = tuple(f.name for f in fields(TeacherConfig) if f.name not in ("unet",)) + (THREADS,)
 FALLBACK_KEYS = ("data", "data_path", "seed", "size")
 PROFILE_KEYS = ("description", "data", "data_path", "teacher", "other_teacher", "student",
                 "measure", "gate", "features")
@@ -153,6 +156,10 @@ def load_profile(folder: Path, name: str, data_path: str | None = None,
         fallback = where.table(other.get("fallback", {}), f"{name}.other_teacher.fallback")
         where.known(fallback, FALLBACK_KEYS, f"{name}.other_teacher.fallback")
         other = {**teacher, **other}
+    for key, table in (("teacher", teacher), ("other_teacher", other or {})):
+        threads = table.get(THREADS, 1)
+        where.check(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1,
+                    f"{name}.{key}.{THREADS}", f"must be an integer >= 1, got {threads!r}")
     student = where.table(p.get("student", {}), f"{name}.student")
     where.known(student, STUDENT_KEYS, f"{name}.student")
     measure = {**MEASURE_DEFAULTS, **where.table(p.get("measure", {}), f"{name}.measure")}

@@ -103,7 +103,8 @@ def work_ahead(ws: Workspace, studies: list[Study], jobs: int,
     teacher is trained, before any run or measurement starts. A task starts as soon as what it
     needs is done: a run its teachers, a study's measurements its runs, so measurements overlap
     the training of other studies; among ready tasks, measurements go first, then teachers (the
-    main one first), then runs, the longest budget first. Returns the stems of the studies
+    main one first), then runs, the longest budget first. A teacher whose profile fixes its
+    thread count takes that many cores' worth of worker slots. Returns the stems of the studies
     measured."""
     roles, runs = pending(ws, studies)
     teachers = [r for r in roles if ws.teacher_pending(r)]
@@ -139,17 +140,25 @@ def work_ahead(ws: Workspace, studies: list[Study], jobs: int,
     def submit(pool, task):
         kind, key = task
         if kind == "teacher":
-            return pool.submit(teacher_job, ws.teacher_config(key), ws.teacher_dir(key), device)
+            return pool.submit(teacher_job, ws.teacher_config(key), ws.teacher_dir(key), device,
+                               ws.teacher_threads(key))
         if kind == "run":
             return pool.submit(run_job, runs[key][1], key, device, ws.speed)
         return pool.submit(measure_job, ws.profile, ws.root, device, by_stem[key])
+
+    def slots(task) -> int:   # a teacher with a fixed thread count takes that many cores
+        threads = ws.teacher_threads(task[1]) if task[0] == "teacher" else None
+        return min(jobs, -(-threads // torch.get_num_threads())) if threads else 1
 
     with _pool(ws, jobs, log) as pool:
         running: dict = {}
         trained = 0
         while waiting or running:
-            order = sorted((t for t in waiting if ready(t)), key=lambda t: t[0] != "measure")
-            for task in order[:jobs - len(running)]:
+            free = jobs - sum(slots(t) for t in running.values())
+            for task in sorted((t for t in waiting if ready(t)), key=lambda t: t[0] != "measure"):
+                if slots(task) > free:
+                    break   # in priority order: a wide task is not passed by narrower ones
+                free -= slots(task)
                 waiting.remove(task)
                 running[submit(pool, task)] = task
             finished_, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -33,7 +33,7 @@ from ..train.loop import checkpoint_stem, pick_device, to_plain
 from ..train.onestep import OneStepConfig, build_generator, resolve_config, train_onestep
 from ..train.speed import Speed
 from ..train.teacher import TeacherConfig, train_teacher
-from .config import CHECKPOINT, LABELS, OTHER, Profile, Study, digest
+from .config import CHECKPOINT, LABELS, OTHER, THREADS, Profile, Study, digest
 
 
 def finished(run_dir: Path, images: int) -> bool:
@@ -42,10 +42,16 @@ def finished(run_dir: Path, images: int) -> bool:
     return stem is not None and read_meta(stem).get("images_seen", 0) >= images
 
 
-def teacher_job(cfg: TeacherConfig, out: Path, device: str) -> float:
-    """Train (or resume) a teacher; the seconds it took. A worker-process entry point too."""
-    t0 = time.perf_counter()
-    train_teacher(cfg, str(out), device=device, progress=False)
+def teacher_job(cfg: TeacherConfig, out: Path, device: str, threads: int | None = None
+                ) -> float:
+    """Train (or resume) a teacher, with `threads` torch threads if given; the seconds it took.
+    A worker-process entry point too."""
+    t0, before = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        train_teacher(cfg, str(out), device=device, progress=False)
+    finally:
+        torch.set_num_threads(before)
     return time.perf_counter() - t0
 
 
@@ -107,14 +113,20 @@ class Workspace:
         return None if path is None else Path(path).expanduser().resolve()
 
     def teacher_config(self, role: str = "main") -> TeacherConfig:
-        return TeacherConfig(**self.teacher_options[role])
+        return TeacherConfig(**{k: v for k, v in self.teacher_options[role].items()
+                                if k != THREADS})
+
+    def teacher_threads(self, role: str = "main") -> int | None:
+        """The torch threads the profile fixes for this teacher (None: the process's)."""
+        return self.teacher_options[role].get(THREADS)
 
     def teacher_dir(self, role: str = "main") -> Path:
         if role == "main" and self.checkpoint is not None:
             return self.root / "teachers" / (f"checkpoint-{self.checkpoint.stem}-"
                                               f"{digest(str(self.checkpoint))}")
-        cfg = self.teacher_config(role)
-        return self.root / "teachers" / f"{cfg.data}-{cfg.preset}-{digest(to_plain(cfg))}"
+        cfg, threads = self.teacher_config(role), self.teacher_threads(role)
+        key = {**to_plain(cfg), THREADS: threads} if threads else to_plain(cfg)
+        return self.root / "teachers" / f"{cfg.data}-{cfg.preset}-{digest(key)}"
 
     def teacher_source(self, role: str = "main") -> str:
         """What the students load: the checkpoint, or the trained teacher's run folder."""
@@ -140,7 +152,8 @@ class Workspace:
         if not finished(out, cfg.images):
             self.log(f"  training the {role} teacher on {cfg.data} ({cfg.images} images) -> "
                      f"{out}")
-            self.log(f"  {role} teacher done in {teacher_job(cfg, out, str(self.device)):.0f} s")
+            seconds = teacher_job(cfg, out, str(self.device), self.teacher_threads(role))
+            self.log(f"  {role} teacher done in {seconds:.0f} s")
         return str(out)
 
     def student_config(self, run: dict, images: int, seed: int,

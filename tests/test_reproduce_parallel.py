@@ -103,3 +103,24 @@ def test_work_ahead_runs_the_longest_budget_first_and_measures_a_study_once_its_
               if (m := re.search(r"(C\d): measured|(\d+) images in", ln))]
     # the 64-image runs of C2 first, C2 measured before C1's 32-image runs start
     assert events == ["64", "64", "C2", "32", "32", "C1"], lines
+
+
+def test_the_gate_is_checked_when_only_the_other_teacher_is_pending(tmp_path):
+    study = STUDY.replace("seeds = [0, 1]", "seeds = [0]").replace(
+        "[measure.cka]\nsigmas = [0.5]\n", "").replace(
+        '[runs.random-init]\nobjective = "gan"\ninit = "random"',
+        '[runs.random-init]\nobjective = "gan"\ntransfer_from = "other"\n'
+        'transfer_layers = "all"')
+    folder = write_experiments(tmp_path / "exp", study)
+    profile = (folder / "profiles.toml").read_text() + (
+        '[mini.other_teacher]\ndata = "digits"\nseed = 1\n')
+    (folder / "profiles.toml").write_text(profile)
+    prof = load_profile(folder, "mini")
+    ws = Workspace(prof, tmp_path / "out", "cpu", log=lambda s: None)
+    ws.ensure_teacher()   # the main teacher trained before; the other one pending
+    gates = []
+    work_ahead(ws, load_studies(folder, prof), jobs=1, log=lambda s: None,
+               between=lambda: gates.append(ws.teacher_pending("other")))
+    assert gates == [True]   # checked once, before the other teacher and any run
+    assert not ws.teacher_pending("other")
+

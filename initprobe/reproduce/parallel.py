@@ -114,7 +114,7 @@ def work_ahead(ws: Workspace, studies: list[Study], jobs: int,
     for roles_, folders in needs.values():
         for out in folders:
             run_roles[out] |= roles_
-    if not teachers:
+    if "main" not in teachers:   # trained before: the gate now, whatever else is pending
         between()
     if not teachers and not needs:
         return set()

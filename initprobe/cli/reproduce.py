@@ -13,7 +13,7 @@ from .common import CHANNELS_LAST_HELP, COMPILE_HELP
 Opt = typer.Option
 
 # the options that choose a reproduction (shared by reproduce and reproduce-one)
-Profile = Annotated[str, Opt(help="quick (bundled digits, 23 min on 2 CPU cores with --jobs "
+Profile = Annotated[str, Opt(help="quick (bundled digits, 15 min on 2 CPU cores with --jobs "
                                   "2), mnist (MNIST 16x16, needs --data-path) or cifar10 (EDM's "
                                   "checkpoint: --teacher, --data-path, --inception-weights)")]
 DataPath = Annotated[str | None, Opt(help="dataset file of the profile (mnist: the .npz or idx "
@@ -88,10 +88,10 @@ def reproduce_cmd(
                                              "figures/<profile> otherwise)")] = None,
     experiments: Experiments = EXPERIMENTS,
     device: Device = "auto",
-    jobs: Annotated[int, Opt(min=1, help="train the teachers and runs, then measure the "
-                                         "studies, in this many worker processes side by "
-                                         "side first (up to one per core; on CUDA one GPU "
-                                         "per worker, round-robin)")] = 1,
+    jobs: Annotated[int, Opt(min=1, help="train the teachers and runs and measure the studies "
+                                         "as tasks in this many worker processes, each task "
+                                         "starting once what it needs is done (up to one per "
+                                         "core; on CUDA one GPU per worker, round-robin)")] = 1,
     threads: Threads = 1,
     smoke: Smoke = False,
     channels_last: ChannelsLast = False,

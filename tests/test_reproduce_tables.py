@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from mini_profile import MINI_PROFILE
+from mini_profile import STUDY, write_experiments
 
 from initprobe.reproduce import measures
 from initprobe.reproduce.config import digest, load_profile, load_study
@@ -13,22 +13,7 @@ from initprobe.reproduce.runner import cached_result, missing_measurements, stud
 from initprobe.reproduce.workspace import Workspace
 from initprobe.schema import COLUMNS
 
-STUDY = """
-claim = "C1"
-statement = "teacher init >> random init"
-method = "two inits"
-[profiles.mini]
-images = 32
-seeds = [0, 1]
-[runs.teacher-init]
-objective = "gan"
-[measure.quality]
-[[rules]]
-type = "less_than"
-metric = "fd_classifier"
-a = "teacher-init"
-b = 5.0
-"""
+QUALITY_ONLY = STUDY.replace("[measure.cka]\nsigmas = [0.5]\n", "")
 
 
 def test_a_main_table_has_the_shared_columns_then_x():
@@ -45,10 +30,7 @@ def test_a_main_table_has_the_shared_columns_then_x():
 
 
 def _study(tmp_path: Path):
-    folder = tmp_path / "exp"
-    folder.mkdir()
-    (folder / "profiles.toml").write_text(MINI_PROFILE)
-    (folder / "c1_mini.toml").write_text(STUDY)
+    folder = write_experiments(tmp_path / "exp", QUALITY_ONLY)
     profile = load_profile(folder, "mini")
     return Workspace(profile, tmp_path / "out", "cpu", log=lambda s: None), \
         load_study(folder / "c1_mini.toml", profile)

@@ -2,8 +2,14 @@
 several budgets."""
 
 import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 from mini_profile import STUDY, write_experiments
 from pandas.testing import assert_frame_equal
@@ -124,3 +130,42 @@ def test_the_gate_is_checked_when_only_the_other_teacher_is_pending(tmp_path):
     assert gates == [True]   # checked once, before the other teacher and any run
     assert not ws.teacher_pending("other")
 
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")   # ended, not reaped
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_workers_end_when_the_main_process_is_killed(tmp_path):
+    """`kill -9` of the main process (no chance to clean up) still stops its worker processes."""
+    script = tmp_path / "main.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from mini_profile import write_experiments
+        from initprobe.reproduce.config import load_profile
+        from initprobe.reproduce.parallel import _pool
+        from initprobe.reproduce.workspace import Workspace
+
+        if __name__ == "__main__":
+            prof = load_profile(write_experiments(Path({str(tmp_path / "exp")!r})), "mini")
+            ws = Workspace(prof, Path({str(tmp_path / "ws")!r}), "cpu", log=lambda s: None)
+            pool = _pool(ws, 1, print)
+            print(pool.submit(os.getpid).result(), flush=True)
+            time.sleep(600)
+    """))
+    main = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(main.stdout.readline())
+    assert not _gone(worker)
+    main.kill()
+    main.wait()
+    deadline = time.monotonic() + 30
+    while not _gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(worker)

@@ -13,8 +13,11 @@ torch.cuda.device_count() (its CUDA_VISIBLE_DEVICES), so `--jobs` equal to the G
 one run per GPU; the CPU path is unchanged.
 """
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -57,9 +60,22 @@ def worker_gpus(jobs: int, count: int) -> list[int]:
     return [k % count for k in range(jobs)] if count else []
 
 
-def _init_worker(threads: int, gpus) -> None:
-    """Worker start: the thread count, and one GPU of the queue `gpus` (None on the CPU) made
-    the only visible one before CUDA starts in this process."""
+def _die_with(parent: int) -> None:
+    """On Linux, have the kernel stop this worker when its parent process `parent` ends, so a
+    `kill PID` of `reproduce --jobs` does not leave its workers training (Ctrl-C in a terminal
+    reaches the whole process group anyway). An interrupted run resumes from its checkpoint."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:   # it ended before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _init_worker(threads: int, gpus, parent: int | None = None) -> None:
+    """Worker start: ended with the process `parent` (when given); the thread count, and one GPU
+    of the queue `gpus` (None on the CPU) made the only visible one before CUDA starts."""
+    if parent is not None:
+        _die_with(parent)
     torch.set_num_threads(threads)
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
@@ -74,7 +90,7 @@ def _pool(ws: Workspace, jobs: int, log: Callable[[str], None]) -> ProcessPoolEx
             gpus.put(k)
         log(f"  one GPU per worker: {worker_gpus(jobs, torch.cuda.device_count())}")
     return ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                               initargs=(torch.get_num_threads(), gpus))
+                               initargs=(torch.get_num_threads(), gpus, os.getpid()))
 
 
 def _needs(ws: Workspace, studies: list[Study], runs: dict) -> dict[str, tuple[set, set]]:
